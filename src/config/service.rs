@@ -1,0 +1,192 @@
+//! The service config file (`--config FILE`): server, store and logging
+//! settings. Every setting has a default, so the file is optional; command-line
+//! flags and `TOLLGATE_*` variables override it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use super::yaml::from_str;
+use crate::limiter::FailureMode;
+
+/// The whole service config.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+/// The gRPC server.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Requests handled at once across all connections; beyond it requests
+    /// are refused at once with RESOURCE_EXHAUSTED rather than queued.
+    pub max_concurrent_requests: usize,
+    /// How long in-flight calls may take to finish after a shutdown signal
+    /// before the server stops anyway.
+    pub shutdown_grace_ms: u64,
+    /// How often the limits directory is re-read when files change
+    /// (changes within this time are coalesced into one reload).
+    pub reload_debounce_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            max_concurrent_requests: 10_000,
+            shutdown_grace_ms: 10_000,
+            reload_debounce_ms: 200,
+        }
+    }
+}
+
+/// Counter storage.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// What to answer when the store cannot: `fail_closed` (UNAVAILABLE) or `fail_open`.
+    pub failure_mode: FailureModeName,
+    pub memory: MemoryConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            failure_mode: FailureModeName::FailClosed,
+            memory: MemoryConfig::default(),
+        }
+    }
+}
+
+/// The failure mode as written in the file.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureModeName {
+    #[default]
+    FailClosed,
+    FailOpen,
+}
+
+impl From<FailureModeName> for FailureMode {
+    fn from(n: FailureModeName) -> Self {
+        match n {
+            FailureModeName::FailClosed => FailureMode::FailClosed,
+            FailureModeName::FailOpen => FailureMode::FailOpen,
+        }
+    }
+}
+
+/// The embedded in-memory store.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// The most counters held at once (see the memory store's docs for what
+    /// happens when it is full).
+    pub max_keys: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: crate::store::memory::DEFAULT_MAX_KEYS,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl ServiceConfig {
+    /// Reads and checks a service config file.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid YAML, has an unknown field or a
+    /// value out of range; the error names the line.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, None, format!("cannot read: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses the text of a service config file.
+    ///
+    /// # Errors
+    /// As [`ServiceConfig::load`].
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let config: ServiceConfig = from_str(path, text)?;
+        if config.server.max_concurrent_requests == 0 {
+            return Err(ConfigError::new(
+                path,
+                None,
+                "server.max_concurrent_requests must be at least 1",
+            ));
+        }
+        if config.store.memory.max_keys == 0 {
+            return Err(ConfigError::new(
+                path,
+                None,
+                "store.memory.max_keys must be at least 1",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let p = Path::new("tollgate.yaml");
+        assert_eq!(ServiceConfig::parse(p, ""), Ok(ServiceConfig::default()));
+        let c = ServiceConfig::parse(
+            p,
+            "server:\n  grpc_addr: 127.0.0.1:9000\nstore:\n  failure_mode: fail_open\n  memory:\n    max_keys: 5\nlog:\n  format: json\n",
+        );
+        let c = c.unwrap_or_default();
+        assert_eq!(c.server.grpc_addr.port(), 9000);
+        assert_eq!(c.store.failure_mode, FailureModeName::FailOpen);
+        assert_eq!(c.store.memory.max_keys, 5);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_line() {
+        let p = Path::new("tollgate.yaml");
+        let e = ServiceConfig::parse(p, "server:\n  grpc_adr: x\n").map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.starts_with("tollgate.yaml:2: Unknown field `grpc_adr`")),
+            "{e:?}"
+        );
+        let e = ServiceConfig::parse(p, "store:\n  failure_mode: maybe\n").map_err(|e| e.line);
+        assert_eq!(e, Err(Some(2)));
+    }
+}

@@ -1,0 +1,31 @@
+//! Tollgate: rate-limit decisions and usage metering over gRPC, and a drop-in
+//! Envoy rate-limit service.
+//!
+//! # Layout
+//!
+//! - [`algorithm`]: fixed window, sliding window and token bucket (GCRA) as
+//!   pure functions of `(state, rate, now, hits)`.
+//! - [`limits`]: limit definitions, descriptor → rule matching
+//!   (envoyproxy/ratelimit's rules) and counter keys.
+//! - [`config`]: the limits directory (YAML), the service config file,
+//!   validation with file and line, hot reload.
+//! - [`store`]: the [`store::CounterStore`] trait and its backends (the
+//!   embedded [`store::MemoryStore`]).
+//! - [`limiter`]: [`limiter::RateLimiter`], which ties limits and store
+//!   together; knows nothing of any wire protocol.
+//! - [`request`]: the domain's request and answer types and their validation.
+//! - [`api`]: the edges; [`api::grpc`] serves `tollgate.v1`.
+//! - [`server`]: wiring, health, reflection, load shedding, graceful shutdown.
+//! - [`clock`]: wall-clock time behind a trait that tests control.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod algorithm;
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod limiter;
+pub mod limits;
+pub mod request;
+pub mod server;
+pub mod store;

@@ -1,0 +1,201 @@
+//! [`RateLimiter`]: request descriptors → matching rules → counter updates →
+//! one store call → a [`CheckResponse`]. Shared by every API edge; knows
+//! nothing of gRPC.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::algorithm::Outcome;
+use crate::limits::{Limit, Limits, Match, counter_key, lookup};
+use crate::request::{
+    CheckRequest, CheckResponse, Code, DescriptorStatus, InvalidRequest, ReportedLimit,
+};
+use crate::store::{CounterStore, CounterUpdate, StoreError};
+
+/// What to answer when the counter store cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Answer with an error (gRPC UNAVAILABLE), so the caller's own policy
+    /// decides; Envoy's `failure_mode_deny` then applies.
+    #[default]
+    FailClosed,
+    /// Allow the request uncounted, and say so in the response.
+    FailOpen,
+}
+
+/// Why a check could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    #[error("invalid request: {0}")]
+    Invalid(#[from] InvalidRequest),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The rate limiter: current limits plus the counter store. Cheap to clone;
+/// clones share everything.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    // Swapped whole on reload, so a request sees one consistent snapshot and
+    // reloads never block requests.
+    limits: ArcSwap<Limits>,
+    store: Arc<dyn CounterStore>,
+    failure_mode: FailureMode,
+}
+
+impl RateLimiter {
+    /// A limiter deciding `limits` with counters in `store`.
+    pub fn new(limits: Limits, store: Arc<dyn CounterStore>, failure_mode: FailureMode) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                limits: ArcSwap::from_pointee(limits),
+                store,
+                failure_mode,
+            }),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.inner.limits.load_full()
+    }
+
+    /// Puts new limits in force for every request that starts from now on.
+    pub fn set_limits(&self, limits: Limits) {
+        self.inner.limits.store(Arc::new(limits));
+    }
+
+    /// The counter store.
+    pub fn store(&self) -> &Arc<dyn CounterStore> {
+        &self.inner.store
+    }
+
+    /// Decides a request.
+    ///
+    /// # Errors
+    /// [`CheckError::Invalid`] for a malformed request (nothing is counted);
+    /// [`CheckError::Store`] when the store fails and the mode is fail-closed.
+    pub async fn check(&self, req: &CheckRequest) -> Result<CheckResponse, CheckError> {
+        req.validate()?;
+        let limits = self.inner.limits.load_full();
+        let mut response = CheckResponse {
+            overall: Code::Ok,
+            statuses: vec![DescriptorStatus::default(); req.descriptors.len()],
+            failed_open: false,
+        };
+        let Some(domain) = limits.domain(&req.domain) else {
+            return Ok(response);
+        };
+
+        let matches: Vec<Option<Match<'_>>> = req
+            .descriptors
+            .iter()
+            .map(|d| lookup(domain, &d.entries))
+            .collect();
+        let replaced = replaced_names(&matches);
+
+        let mut updates = Vec::with_capacity(req.descriptors.len());
+        let mut owners: Vec<(usize, &Limit)> = Vec::with_capacity(req.descriptors.len());
+        for (i, (descriptor, matched)) in req.descriptors.iter().zip(&matches).enumerate() {
+            let Some(matched) = matched else { continue };
+            if matched.rule.unlimited {
+                response.statuses[i].unlimited = true;
+                continue;
+            }
+            for limit in &matched.rule.limits {
+                if limit
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| replaced.contains(&n.as_ref()))
+                {
+                    continue;
+                }
+                updates.push(CounterUpdate {
+                    key: counter_key(&req.domain, &descriptor.entries, matched, limit),
+                    algorithm: limit.algorithm,
+                    rate: limit.rate(),
+                    hits: descriptor.hits.unwrap_or(req.hits),
+                    charge: req.charge,
+                    dry_run: req.dry_run,
+                });
+                owners.push((i, limit));
+            }
+        }
+        if updates.is_empty() {
+            return Ok(response);
+        }
+
+        let outcomes = match self.inner.store.apply(&updates).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if e.is_transient() && self.inner.failure_mode == FailureMode::FailOpen => {
+                tracing::warn!(error = %e, domain = %req.domain, "counter store failed; allowing (fail_open)");
+                response.failed_open = true;
+                owners
+                    .iter()
+                    .map(|(_, l)| Outcome {
+                        allowed: true,
+                        remaining: u64::from(l.requests_per_unit),
+                        ..Outcome::default()
+                    })
+                    .collect()
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        for ((i, limit), outcome) in owners.into_iter().zip(outcomes) {
+            let shadow = matches[i].as_ref().is_some_and(|m| m.rule.shadow_mode);
+            fold(&mut response.statuses[i], limit, &outcome, shadow);
+        }
+        if response.statuses.iter().any(|s| s.code == Code::OverLimit) {
+            response.overall = Code::OverLimit;
+        }
+        Ok(response)
+    }
+}
+
+/// Names of limits that another matched limit of the same request replaces.
+/// Unlimited rules' `replaces` count too, as in the reference.
+fn replaced_names<'a>(matches: &[Option<Match<'a>>]) -> Vec<&'a str> {
+    matches
+        .iter()
+        .flatten()
+        .flat_map(|m| m.rule.limits.iter())
+        .flat_map(|l| l.replaces.iter().map(|r| r.as_ref()))
+        .collect()
+}
+
+/// Merges one limit's outcome into its descriptor's status: over if any limit
+/// is over; report the exceeded limit that frees up last, else the one with
+/// the fewest hits left.
+fn fold(status: &mut DescriptorStatus, limit: &Limit, outcome: &Outcome, shadow: bool) {
+    let over = !outcome.allowed;
+    let reported_over = status.retry_after_micros.is_some();
+    let replace = match (&status.limit, over) {
+        (None, _) => true,
+        (Some(_), true) => !reported_over || outcome.retry_after_micros > status.retry_after_micros,
+        (Some(_), false) => !reported_over && outcome.remaining < status.remaining,
+    };
+    if replace {
+        status.limit = Some(ReportedLimit {
+            requests_per_unit: limit.requests_per_unit,
+            unit: limit.unit,
+            name: limit.name.clone(),
+        });
+        status.remaining = outcome.remaining;
+        status.reset_after_micros = outcome.reset_after_micros;
+        status.retry_after_micros = outcome.retry_after_micros;
+    }
+    if over {
+        if shadow {
+            status.shadowed = true;
+        } else {
+            status.code = Code::OverLimit;
+        }
+    }
+}

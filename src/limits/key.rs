@@ -1,0 +1,40 @@
+//! Counter keys: one per (domain, descriptor values, limit).
+//!
+//! Every part is length-prefixed, so no value a caller sends can make two
+//! different descriptors collide (`a_b`+`c` vs `a`+`b_c` is a real collision
+//! in underscore-joined keys). The algorithm and unit are part of the key so
+//! several limits on one descriptor count separately; the configured number is
+//! not, so changing a limit keeps the counts of the current window, as in the
+//! reference.
+
+use std::fmt::Write;
+
+use super::matching::Match;
+use super::model::Limit;
+use crate::request::Entry;
+
+/// The key `limit` is counted under for a descriptor with `entries` that
+/// reached `matched` in `domain`.
+pub fn counter_key(domain: &str, entries: &[Entry], matched: &Match<'_>, limit: &Limit) -> String {
+    let mut key = String::with_capacity(
+        16 + domain.len()
+            + entries
+                .iter()
+                .map(|e| e.key.len() + e.value.len() + 8)
+                .sum::<usize>(),
+    );
+    key.push_str("tg1:");
+    push_part(&mut key, domain);
+    for (i, entry) in entries.iter().enumerate() {
+        push_part(&mut key, &entry.key);
+        push_part(&mut key, matched.key_value(i, entries));
+    }
+    // Writing to a String cannot fail.
+    let _ = write!(key, "{}:{}", limit.algorithm.as_str(), limit.unit.as_str());
+    key
+}
+
+fn push_part(key: &mut String, part: &str) {
+    let _ = write!(key, "{}:", part.len());
+    key.push_str(part);
+}

@@ -1,0 +1,205 @@
+//! The `tollgate` binary: flags → config → tracing → bind → `server::run`.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tollgate::config::{LimitsWatcher, LogFormat, ServiceConfig, limits_files, load_limits_dir};
+use tollgate::limiter::RateLimiter;
+use tollgate::server::{self, ServerOptions};
+use tollgate::store::MemoryStore;
+use tracing_subscriber::EnvFilter;
+
+/// Rate-limit decisions and usage metering over gRPC; a drop-in Envoy rate-limit service.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC on the limits in a directory, reloading them when they change.
+    Serve(ServeArgs),
+    /// Check a limits directory (and service config); print every problem.
+    Validate(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Directory of limits files (envoyproxy/ratelimit YAML format).
+    #[arg(long, env = "TOLLGATE_LIMITS")]
+    limits: PathBuf,
+    /// Service config file (YAML); without it the embedded defaults apply.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// gRPC listen address [default: 127.0.0.1:8081, or server.grpc_addr in the config].
+    #[arg(long, env = "TOLLGATE_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Log format [default: text, or log.format in the config].
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Runtime worker threads; 1 runs a single-threaded runtime [default: one per core].
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn load_service_config(
+    path: Option<&Path>,
+) -> Result<ServiceConfig, tollgate::config::ConfigError> {
+    path.map_or_else(|| Ok(ServiceConfig::default()), ServiceConfig::load)
+}
+
+fn validate(args: &ConfigArgs) -> ExitCode {
+    let mut failed = false;
+    if let Err(e) = load_service_config(args.config.as_deref()) {
+        eprintln!("{e}");
+        failed = true;
+    }
+    match load_limits_dir(&args.limits) {
+        Ok(limits) => {
+            let files = limits_files(&args.limits).map(|f| f.len()).unwrap_or(0);
+            if !failed {
+                println!(
+                    "ok: {} domain(s) in {} file(s): {}",
+                    limits.len(),
+                    files,
+                    limits.domain_names().join(", ")
+                );
+            }
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_service_config(args.config.config.as_deref())?;
+    init_tracing(args.log_format.unwrap_or(config.log.format));
+    let runtime = match args.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
+    runtime.block_on(serve_async(args, config))
+}
+
+async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<()> {
+    let limits_dir = args.config.limits;
+    let limits =
+        load_limits_dir(&limits_dir).map_err(|e| anyhow::anyhow!("invalid limits:\n{e}"))?;
+    tracing::info!(dir = %limits_dir.display(), domains = ?limits.domain_names(), "limits loaded");
+
+    let store = Arc::new(MemoryStore::new(config.store.memory.max_keys));
+    let limiter = RateLimiter::new(limits, store, config.store.failure_mode.into());
+
+    let grpc_addr = args.grpc_addr.unwrap_or(config.server.grpc_addr);
+    let listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC to {grpc_addr}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(grpc_addr = %bound, store = "memory", "listening");
+
+    let shutdown = CancellationToken::new();
+    let watcher = LimitsWatcher::spawn(
+        limits_dir.clone(),
+        limiter.clone(),
+        Duration::from_millis(config.server.reload_debounce_ms),
+        shutdown.clone(),
+    )
+    .with_context(|| format!("watching {}", limits_dir.display()))?;
+
+    let options = ServerOptions {
+        max_concurrent_requests: config.server.max_concurrent_requests,
+        shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+    };
+    let signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    };
+    let result = server::run(listener, limiter, options, signal).await;
+    shutdown.cancel();
+    watcher.join().await;
+    result.context("serving")
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

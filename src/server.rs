@@ -1,0 +1,132 @@
+//! Wiring: the gRPC services on one listener, health, reflection, load
+//! shedding, store housekeeping and graceful shutdown.
+//!
+//! Shutdown order: health turns NOT_SERVING, the listener stops accepting,
+//! in-flight calls finish (up to the grace period), then background tasks
+//! are cancelled and joined.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::api::grpc::TollgateService;
+use crate::api::pb;
+use crate::limiter::RateLimiter;
+
+/// How often expired counters are evicted.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Server settings that are not part of the domain.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Requests in flight across all connections before new ones are shed
+    /// with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+    /// How long in-flight calls may run on after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 10_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves tollgate on `listener` until `shutdown` completes, then drains.
+///
+/// # Errors
+/// When the server cannot be built or the listener fails.
+pub async fn run(
+    listener: TcpListener,
+    limiter: RateLimiter,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::tollgate::v1::rate_limiter_server::RateLimiterServer<TollgateService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let tasks = TaskTracker::new();
+    let stop_tasks = CancellationToken::new();
+    tasks.spawn(maintenance(limiter.clone(), stop_tasks.clone()));
+
+    let draining = CancellationToken::new();
+    let signal = {
+        let draining = draining.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<pb::tollgate::v1::rate_limiter_server::RateLimiterServer<TollgateService>>()
+                .await;
+            draining.cancel();
+        }
+    };
+
+    let serve = Server::builder()
+        .load_shed(true)
+        .layer(GlobalConcurrencyLimitLayer::new(
+            options.max_concurrent_requests,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(TollgateService::new(limiter).into_server())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+    tokio::pin!(serve);
+
+    let result = tokio::select! {
+        r = &mut serve => r.map_err(ServerError::from),
+        () = async {
+            draining.cancelled().await;
+            tokio::time::sleep(options.shutdown_grace).await;
+        } => {
+            tracing::warn!(grace = ?options.shutdown_grace, "calls still in flight after the grace period; stopping anyway");
+            Ok(())
+        }
+    };
+
+    stop_tasks.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("stopped");
+    result
+}
+
+async fn maintenance(limiter: RateLimiter, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => limiter.store().maintain().await,
+        }
+    }
+}
