@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::algorithm::Outcome;
+use crate::algorithm::{Charge, Outcome};
 use crate::limits::{Limit, Limits, Match, counter_key, lookup};
 use crate::request::{
     CheckRequest, CheckResponse, Code, DescriptorStatus, InvalidRequest, ReportedLimit,
@@ -101,7 +101,7 @@ impl RateLimiter {
         let replaced = replaced_names(&matches);
 
         let mut updates = Vec::with_capacity(req.descriptors.len());
-        let mut owners: Vec<(usize, &Limit)> = Vec::with_capacity(req.descriptors.len());
+        let mut owners: Vec<Owner<'_>> = Vec::with_capacity(req.descriptors.len());
         for (i, (descriptor, matched)) in req.descriptors.iter().zip(&matches).enumerate() {
             let Some(matched) = matched else { continue };
             if matched.rule.unlimited {
@@ -123,24 +123,29 @@ impl RateLimiter {
                     hits: descriptor.hits.unwrap_or(req.hits),
                     charge: req.charge,
                     dry_run: req.dry_run,
+                    refund_of: None,
                 });
-                owners.push((i, limit));
+                owners.push(Owner {
+                    descriptor: i,
+                    limit,
+                    shadow: matched.rule.shadow_mode,
+                });
             }
         }
         if updates.is_empty() {
             return Ok(response);
         }
 
-        let outcomes = match self.inner.store.apply(&updates).await {
+        let mut outcomes = match self.inner.store.apply(&updates).await {
             Ok(outcomes) => outcomes,
             Err(e) if e.is_transient() && self.inner.failure_mode == FailureMode::FailOpen => {
                 tracing::warn!(error = %e, domain = %req.domain, "counter store failed; allowing (fail_open)");
                 response.failed_open = true;
                 owners
                     .iter()
-                    .map(|(_, l)| Outcome {
+                    .map(|o| Outcome {
                         allowed: true,
-                        remaining: u64::from(l.requests_per_unit),
+                        remaining: u64::from(o.limit.requests_per_unit),
                         ..Outcome::default()
                     })
                     .collect()
@@ -148,15 +153,60 @@ impl RateLimiter {
             Err(e) => return Err(e.into()),
         };
 
-        for ((i, limit), outcome) in owners.into_iter().zip(outcomes) {
-            let shadow = matches[i].as_ref().is_some_and(|m| m.rule.shadow_mode);
-            fold(&mut response.statuses[i], limit, &outcome, shadow);
+        let refused = owners
+            .iter()
+            .zip(&outcomes)
+            .any(|(o, out)| !out.allowed && !o.shadow);
+        if refused && req.charge == Charge::AdmittedOnly && !req.dry_run && !response.failed_open {
+            self.refund_admitted(updates, &mut outcomes).await;
+        }
+        for (owner, outcome) in owners.into_iter().zip(outcomes) {
+            fold(
+                &mut response.statuses[owner.descriptor],
+                owner.limit,
+                &outcome,
+                owner.shadow,
+            );
         }
         if response.statuses.iter().any(|s| s.code == Code::OverLimit) {
             response.overall = Code::OverLimit;
         }
         Ok(response)
     }
+
+    /// A refused request costs nothing: gives back the hits its other
+    /// counters admitted. Between the take and the refund those hits are
+    /// held, so a concurrent request may be refused for them; the error is
+    /// always on the side of admitting less, never more.
+    async fn refund_admitted(&self, updates: Vec<CounterUpdate>, outcomes: &mut [Outcome]) {
+        let mut refunds = Vec::new();
+        for (mut update, outcome) in updates.into_iter().zip(outcomes.iter_mut()) {
+            if outcome.allowed && update.hits > 0 {
+                let ceiling = match update.algorithm {
+                    crate::algorithm::Algorithm::TokenBucket => update.rate.burst,
+                    _ => update.rate.limit,
+                };
+                outcome.remaining = outcome.remaining.saturating_add(update.hits).min(ceiling);
+                update.refund_of = Some(outcome.decided_at_micros);
+                refunds.push(update);
+            }
+        }
+        if refunds.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.store.apply(&refunds).await {
+            // The request is refused either way; a lost refund only means
+            // those hits stay counted until their window ends.
+            tracing::warn!(error = %e, "could not refund the hits of a refused request");
+        }
+    }
+}
+
+/// Which descriptor and limit a counter update belongs to.
+struct Owner<'a> {
+    descriptor: usize,
+    limit: &'a Limit,
+    shadow: bool,
 }
 
 /// Names of limits that another matched limit of the same request replaces.

@@ -49,8 +49,22 @@ pub fn decide(
         remaining: rate.limit.saturating_sub(next.count),
         reset_after_micros: reset_after,
         retry_after_micros: (!allowed).then_some(reset_after),
+        decided_at_micros: now,
     };
     (outcome, next)
+}
+
+/// Gives back `hits` taken at `taken_at`, if that window is still the one counted.
+pub fn refund(state: FixedWindow, rate: &Rate, taken_at: u64, hits: u64) -> FixedWindow {
+    let window = rate.window();
+    if state.window_start == taken_at - taken_at % window {
+        FixedWindow {
+            count: state.count.saturating_sub(hits),
+            ..state
+        }
+    } else {
+        state
+    }
 }
 
 #[cfg(test)]

@@ -105,6 +105,9 @@ pub struct Outcome {
     /// Set when refused: microseconds until the same request could be admitted
     /// (for hits larger than the limit, which never fit: until the reset).
     pub retry_after_micros: Option<u64>,
+    /// The store's time of the decision, µs since the epoch: what a refund of
+    /// these hits must name (see [`Algorithm::refund`]).
+    pub decided_at_micros: u64,
 }
 
 /// The stored state of one counter, tagged by algorithm.
@@ -168,9 +171,70 @@ impl Algorithm {
     }
 }
 
+impl Algorithm {
+    /// Gives back `hits` that were admitted at `taken_at` (µs since the
+    /// epoch), for a request that another of its limits then refused.
+    ///
+    /// Counts are commutative, so a refund subtracts exactly what the take
+    /// added, whatever other requests did in between; a window that has
+    /// since rolled over is left alone (its hits no longer count anyway).
+    pub fn refund(
+        self,
+        state: &CounterState,
+        rate: &Rate,
+        taken_at: u64,
+        hits: u64,
+    ) -> CounterState {
+        match (self, *state) {
+            (Algorithm::FixedWindow, CounterState::FixedWindow(s)) => {
+                CounterState::FixedWindow(fixed_window::refund(s, rate, taken_at, hits))
+            }
+            (Algorithm::SlidingWindow, CounterState::SlidingWindow(s)) => {
+                CounterState::SlidingWindow(sliding_window::refund(s, rate, taken_at, hits))
+            }
+            (Algorithm::TokenBucket, CounterState::TokenBucket(s)) => {
+                CounterState::TokenBucket(token_bucket::refund(s, rate, hits))
+            }
+            (_, other) => other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refund_undoes_a_take_even_after_other_takes() {
+        let rate = Rate::new(10, 60_000_000);
+        for algorithm in [
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+            Algorithm::TokenBucket,
+        ] {
+            let now = 600_000_000;
+            let (_, s) = algorithm.decide(None, &rate, now, 3, Charge::AdmittedOnly);
+            let (_, s) = algorithm.decide(Some(&s), &rate, now + 5, 2, Charge::AdmittedOnly);
+            let s = algorithm.refund(&s, &rate, now, 3);
+            let (o, _) = algorithm.decide(Some(&s), &rate, now + 5, 8, Charge::AdmittedOnly);
+            assert!(
+                o.allowed,
+                "{algorithm:?}: 2 taken, 8 more fit after the refund"
+            );
+            assert_eq!(o.remaining, 0, "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn a_refund_into_a_window_that_rolled_over_changes_nothing() {
+        let rate = Rate::new(10, 60_000_000);
+        let (_, s) =
+            Algorithm::FixedWindow.decide(None, &rate, 600_000_000, 4, Charge::AdmittedOnly);
+        let (_, s) =
+            Algorithm::FixedWindow.decide(Some(&s), &rate, 660_000_000, 1, Charge::AdmittedOnly);
+        let refunded = Algorithm::FixedWindow.refund(&s, &rate, 600_000_000, 4);
+        assert_eq!(refunded, s);
+    }
 
     #[test]
     fn a_state_of_another_algorithm_is_ignored() {

@@ -89,8 +89,28 @@ pub fn decide(
         remaining: u64::try_from(remaining).unwrap_or(u64::MAX),
         reset_after_micros: reset_after + lag,
         retry_after_micros: retry_after.map(|r| r + lag),
+        decided_at_micros: now,
     };
     (outcome, next)
+}
+
+/// Gives back `hits` taken at `taken_at`, from whichever stored window holds them.
+pub fn refund(state: SlidingWindow, rate: &Rate, taken_at: u64, hits: u64) -> SlidingWindow {
+    let w = rate.window();
+    let taken_window = taken_at - taken_at % w;
+    if state.window_start == taken_window {
+        SlidingWindow {
+            current: state.current.saturating_sub(hits),
+            ..state
+        }
+    } else if state.window_start == taken_window.saturating_add(w) {
+        SlidingWindow {
+            previous: state.previous.saturating_sub(hits),
+            ..state
+        }
+    } else {
+        state
+    }
 }
 
 /// The shortest wait after which `hits` fit, assuming no other traffic.

@@ -53,8 +53,18 @@ pub fn decide(state: TokenBucket, rate: &Rate, now: u64, hits: u64) -> (Outcome,
         remaining: horizon.saturating_sub(next.tat) / interval,
         reset_after_micros: reset_after,
         retry_after_micros: retry_after,
+        decided_at_micros: now,
     };
     (outcome, TokenBucket { tat: next.tat })
+}
+
+/// Gives back `hits`: the bucket's TAT moves back by what they moved it forward.
+pub fn refund(state: TokenBucket, rate: &Rate, hits: u64) -> TokenBucket {
+    TokenBucket {
+        tat: state
+            .tat
+            .saturating_sub(hits.saturating_mul(interval(rate))),
+    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,12 @@ impl MemoryStore {
     }
 
     fn apply_one(&self, u: &CounterUpdate, now: u64) -> Result<Outcome, StoreError> {
+        if let Some(taken_at) = u.refund_of {
+            if let Some(mut slot) = self.counters.get_mut(u.key.as_str()) {
+                slot.state = u.algorithm.refund(&slot.state, &u.rate, taken_at, u.hits);
+            }
+            return Ok(Outcome::default());
+        }
         if let Some(mut slot) = self.counters.get_mut(u.key.as_str()) {
             let (outcome, state) =
                 u.algorithm
@@ -177,6 +183,7 @@ mod tests {
             hits: 1,
             charge: Charge::AdmittedOnly,
             dry_run: false,
+            refund_of: None,
         }
     }
 

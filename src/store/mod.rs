@@ -28,6 +28,12 @@ pub struct CounterUpdate {
     pub charge: Charge,
     /// Decide only; leave the stored state untouched.
     pub dry_run: bool,
+    /// `Some(taken_at)`: instead of deciding, give back `hits` that an
+    /// earlier update admitted at `taken_at` (the outcome's
+    /// `decided_at_micros`). Used when another counter of the same request
+    /// refused it, so a refused request costs nothing. The outcome of a
+    /// refund is meaningless.
+    pub refund_of: Option<u64>,
 }
 
 /// Why a store could not answer.
