@@ -13,8 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
 
-    let protos = [PathBuf::from("proto/tollgate/v1/tollgate.proto")];
+    let protos = [
+        PathBuf::from("proto/tollgate/v1/tollgate.proto"),
+        PathBuf::from("proto/envoy/service/ratelimit/v3/rls.proto"),
+    ];
     tonic_prost_build::configure()
+        // Clients too: the load tool drives both APIs.
+        .build_client(true)
         .file_descriptor_set_path(out_dir.join("tollgate_descriptor.bin"))
         .compile_with_config(config, &protos, &[PathBuf::from("proto"), well_known])?;
     println!("cargo:rerun-if-changed=proto");

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::algorithm::{Charge, Outcome};
+use crate::algorithm::{Algorithm, Charge, Outcome};
 use crate::limits::{Limit, Limits, Match, counter_key, lookup};
 use crate::request::{
-    CheckRequest, CheckResponse, Code, DescriptorStatus, InvalidRequest, ReportedLimit,
+    CheckRequest, CheckResponse, Code, Descriptor, DescriptorStatus, InvalidRequest, ReportedLimit,
 };
 use crate::store::{CounterStore, CounterUpdate, StoreError};
 
@@ -93,16 +93,43 @@ impl RateLimiter {
             return Ok(response);
         };
 
+        // A limit sent with a descriptor replaces the rules for it.
+        let overrides: Vec<Option<Limit>> = req
+            .descriptors
+            .iter()
+            .map(|d| {
+                d.limit_override.map(|o| Limit {
+                    name: None,
+                    unit: o.unit,
+                    requests_per_unit: o.requests_per_unit,
+                    algorithm: Algorithm::FixedWindow,
+                    burst: o.requests_per_unit,
+                    replaces: Vec::new(),
+                })
+            })
+            .collect();
         let matches: Vec<Option<Match<'_>>> = req
             .descriptors
             .iter()
-            .map(|d| lookup(domain, &d.entries))
+            .map(|d| match d.limit_override {
+                Some(_) => None,
+                None => lookup(domain, &d.entries),
+            })
             .collect();
         let replaced = replaced_names(&matches);
 
         let mut updates = Vec::with_capacity(req.descriptors.len());
         let mut owners: Vec<Owner<'_>> = Vec::with_capacity(req.descriptors.len());
         for (i, (descriptor, matched)) in req.descriptors.iter().zip(&matches).enumerate() {
+            if let Some(limit) = &overrides[i] {
+                updates.push(self.update(req, descriptor, None, limit));
+                owners.push(Owner {
+                    descriptor: i,
+                    limit,
+                    shadow: false,
+                });
+                continue;
+            }
             let Some(matched) = matched else { continue };
             if matched.rule.unlimited {
                 response.statuses[i].unlimited = true;
@@ -116,15 +143,7 @@ impl RateLimiter {
                 {
                     continue;
                 }
-                updates.push(CounterUpdate {
-                    key: counter_key(&req.domain, &descriptor.entries, matched, limit),
-                    algorithm: limit.algorithm,
-                    rate: limit.rate(),
-                    hits: descriptor.hits.unwrap_or(req.hits),
-                    charge: req.charge,
-                    dry_run: req.dry_run,
-                    refund_of: None,
-                });
+                updates.push(self.update(req, descriptor, Some(matched), limit));
                 owners.push(Owner {
                     descriptor: i,
                     limit,
@@ -174,6 +193,24 @@ impl RateLimiter {
         Ok(response)
     }
 
+    fn update(
+        &self,
+        req: &CheckRequest,
+        descriptor: &Descriptor,
+        matched: Option<&Match<'_>>,
+        limit: &Limit,
+    ) -> CounterUpdate {
+        CounterUpdate {
+            key: counter_key(&req.domain, &descriptor.entries, matched, limit),
+            algorithm: limit.algorithm,
+            rate: limit.rate(),
+            hits: descriptor.hits.unwrap_or(req.hits),
+            charge: req.charge,
+            dry_run: req.dry_run,
+            refund_of: None,
+        }
+    }
+
     /// A refused request costs nothing: gives back the hits its other
     /// counters admitted. Between the take and the refund those hits are
     /// held, so a concurrent request may be refused for them; the error is
@@ -183,7 +220,7 @@ impl RateLimiter {
         for (mut update, outcome) in updates.into_iter().zip(outcomes.iter_mut()) {
             if outcome.allowed && update.hits > 0 {
                 let ceiling = match update.algorithm {
-                    crate::algorithm::Algorithm::TokenBucket => update.rate.burst,
+                    Algorithm::TokenBucket => update.rate.burst,
                     _ => update.rate.limit,
                 };
                 outcome.remaining = outcome.remaining.saturating_add(update.hits).min(ceiling);

@@ -156,6 +156,7 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
     let options = ServerOptions {
         max_concurrent_requests: config.server.max_concurrent_requests,
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        envoy: (&config.envoy).into(),
     };
     let signal = {
         let shutdown = shutdown.clone();

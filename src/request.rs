@@ -38,6 +38,17 @@ pub struct Descriptor {
     /// Hits for this descriptor alone, overriding the request's (Envoy's
     /// per-descriptor `hits_addend`; 0 here means "check without counting").
     pub hits: Option<u64>,
+    /// A limit sent with the request that replaces the configured rules for
+    /// this descriptor (Envoy's `RateLimitOverride`). It applies only in a
+    /// domain that has a limits file, like the reference.
+    pub limit_override: Option<LimitOverride>,
+}
+
+/// A caller-supplied limit for one descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitOverride {
+    pub requests_per_unit: u32,
+    pub unit: Unit,
 }
 
 impl Descriptor {
@@ -48,6 +59,7 @@ impl Descriptor {
         Self {
             entries: entries.into_iter().map(|(k, v)| Entry::new(k, v)).collect(),
             hits: None,
+            limit_override: None,
         }
     }
 }

@@ -16,9 +16,16 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
+use crate::api::envoy::{EnvoyOptions, EnvoyRlsService};
 use crate::api::grpc::TollgateService;
 use crate::api::pb;
 use crate::limiter::RateLimiter;
+
+type TollgateServer = pb::tollgate::v1::rate_limiter_server::RateLimiterServer<TollgateService>;
+type EnvoyServer =
+    pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<
+        EnvoyRlsService,
+    >;
 
 /// How often expired counters are evicted.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -31,6 +38,8 @@ pub struct ServerOptions {
     pub max_concurrent_requests: usize,
     /// How long in-flight calls may run on after shutdown starts.
     pub shutdown_grace: Duration,
+    /// How the Envoy RLS API answers.
+    pub envoy: EnvoyOptions,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +47,7 @@ impl Default for ServerOptions {
         Self {
             max_concurrent_requests: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            envoy: EnvoyOptions::default(),
         }
     }
 }
@@ -62,9 +72,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::tollgate::v1::rate_limiter_server::RateLimiterServer<TollgateService>>()
-        .await;
+    health.set_serving::<TollgateServer>().await;
+    health.set_serving::<EnvoyServer>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -98,7 +107,8 @@ pub async fn run(
         ))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(TollgateService::new(limiter).into_server())
+        .add_service(TollgateService::new(limiter.clone()).into_server())
+        .add_service(EnvoyRlsService::new(limiter, options.envoy).into_server())
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     tokio::pin!(serve);
 

@@ -56,6 +56,7 @@ fn check_request(r: pb::CheckRateLimitRequest) -> CheckRequest {
                     })
                     .collect(),
                 hits: None,
+                limit_override: None,
             })
             .collect(),
         hits: u64::from(r.hits.max(1)),

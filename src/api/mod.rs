@@ -1,6 +1,7 @@
 //! The edges: wire protocols translated to and from the domain types. Each
 //! edge maps errors to its protocol in one function.
 
+pub mod envoy;
 pub mod grpc;
 
 /// Generated protobuf and gRPC code, kept apart from hand-written code.
@@ -15,6 +16,38 @@ pub mod pb {
     pub mod tollgate {
         pub mod v1 {
             tonic::include_proto!("tollgate.v1");
+        }
+    }
+
+    /// Envoy's rate-limit service API (a trimmed, wire-compatible copy).
+    pub mod envoy {
+        pub mod service {
+            pub mod ratelimit {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.ratelimit.v3");
+                }
+            }
+        }
+        pub mod extensions {
+            pub mod common {
+                pub mod ratelimit {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                    }
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
         }
     }
 

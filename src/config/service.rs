@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use super::yaml::from_str;
+use crate::api::envoy::{EnvoyOptions, HeaderNames};
 use crate::limiter::FailureMode;
 
 /// The whole service config.
@@ -17,7 +18,54 @@ use crate::limiter::FailureMode;
 pub struct ServiceConfig {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub envoy: EnvoyConfig,
     pub log: LogConfig,
+}
+
+/// How `ShouldRateLimit` (the Envoy API) answers.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvoyConfig {
+    /// Answer OK overall even when over (the reference's `SHADOW_MODE`).
+    pub shadow_mode: bool,
+    pub response_headers: ResponseHeadersConfig,
+}
+
+/// `RateLimit-*` headers in Envoy responses (the reference's
+/// `LIMIT_RESPONSE_HEADERS_ENABLED` and `LIMIT_*_HEADER`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseHeadersConfig {
+    pub enabled: bool,
+    pub limit_header: String,
+    pub remaining_header: String,
+    pub reset_header: String,
+}
+
+impl Default for ResponseHeadersConfig {
+    fn default() -> Self {
+        let names = HeaderNames::default();
+        Self {
+            enabled: false,
+            limit_header: names.limit,
+            remaining_header: names.remaining,
+            reset_header: names.reset,
+        }
+    }
+}
+
+impl From<&EnvoyConfig> for EnvoyOptions {
+    fn from(c: &EnvoyConfig) -> Self {
+        let h = &c.response_headers;
+        EnvoyOptions {
+            shadow_mode: c.shadow_mode,
+            response_headers: h.enabled.then(|| HeaderNames {
+                limit: h.limit_header.clone(),
+                remaining: h.remaining_header.clone(),
+                reset: h.reset_header.clone(),
+            }),
+        }
+    }
 }
 
 /// The gRPC server.
@@ -146,6 +194,24 @@ impl ServiceConfig {
                 None,
                 "server.max_concurrent_requests must be at least 1",
             ));
+        }
+        let h = &config.envoy.response_headers;
+        for (field, name) in [
+            ("limit_header", &h.limit_header),
+            ("remaining_header", &h.remaining_header),
+            ("reset_header", &h.reset_header),
+        ] {
+            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes())
+                .is_err()
+            {
+                return Err(ConfigError::new(
+                    path,
+                    None,
+                    format!(
+                        "envoy.response_headers.{field}: '{name}' is not a valid HTTP header name"
+                    ),
+                ));
+            }
         }
         if config.store.memory.max_keys == 0 {
             return Err(ConfigError::new(

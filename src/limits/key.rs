@@ -14,8 +14,14 @@ use super::model::Limit;
 use crate::request::Entry;
 
 /// The key `limit` is counted under for a descriptor with `entries` that
-/// reached `matched` in `domain`.
-pub fn counter_key(domain: &str, entries: &[Entry], matched: &Match<'_>, limit: &Limit) -> String {
+/// reached `matched` in `domain` (`None` for a limit sent with the request,
+/// which is keyed by the entries' own values).
+pub fn counter_key(
+    domain: &str,
+    entries: &[Entry],
+    matched: Option<&Match<'_>>,
+    limit: &Limit,
+) -> String {
     let mut key = String::with_capacity(
         16 + domain.len()
             + entries
@@ -27,7 +33,8 @@ pub fn counter_key(domain: &str, entries: &[Entry], matched: &Match<'_>, limit: 
     push_part(&mut key, domain);
     for (i, entry) in entries.iter().enumerate() {
         push_part(&mut key, &entry.key);
-        push_part(&mut key, matched.key_value(i, entries));
+        let value = matched.map_or(entry.value.as_str(), |m| m.key_value(i, entries));
+        push_part(&mut key, value);
     }
     // Writing to a String cannot fail.
     let _ = write!(key, "{}:{}", limit.algorithm.as_str(), limit.unit.as_str());
