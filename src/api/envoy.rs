@@ -19,7 +19,7 @@ use super::pb::envoy::service::ratelimit::v3 as rls;
 use super::pb::envoy::r#type::v3::RateLimitUnit;
 use crate::algorithm::Charge;
 use crate::clock::MICROS_PER_SEC;
-use crate::limiter::{CheckError, RateLimiter};
+use crate::limiter::RateLimiter;
 use crate::limits::Unit;
 use crate::request::{
     CheckRequest, CheckResponse, Code, Descriptor, DescriptorStatus, Entry, InvalidRequest,
@@ -81,7 +81,11 @@ impl rls::rate_limit_service_server::RateLimitService for EnvoyRlsService {
     ) -> Result<Response<rls::RateLimitResponse>, Status> {
         let request = check_request(request.into_inner())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let response = self.limiter.check(&request).await.map_err(status)?;
+        let response = self
+            .limiter
+            .check(&request)
+            .await
+            .map_err(super::check_error_status)?;
         Ok(Response::new(self.response(response)))
     }
 }
@@ -251,15 +255,6 @@ fn headers(names: &HeaderNames, statuses: &[DescriptorStatus]) -> Option<Vec<Hea
             reset_seconds(s.reset_after_micros).to_string(),
         ),
     ])
-}
-
-/// The one place check errors become gRPC statuses for Envoy.
-fn status(e: CheckError) -> Status {
-    match e {
-        CheckError::Invalid(e) => Status::invalid_argument(e.to_string()),
-        CheckError::Store(e) if e.is_transient() => Status::unavailable(e.to_string()),
-        CheckError::Store(e) => Status::internal(e.to_string()),
-    }
 }
 
 #[cfg(test)]

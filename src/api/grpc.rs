@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::tollgate::v1 as pb;
 use crate::algorithm::Charge;
-use crate::limiter::{CheckError, RateLimiter};
+use crate::limiter::RateLimiter;
 use crate::limits::Unit;
 use crate::request::{CheckRequest, CheckResponse, Code, Descriptor, DescriptorStatus, Entry};
 
@@ -35,7 +35,11 @@ impl pb::rate_limiter_server::RateLimiter for TollgateService {
         request: Request<pb::CheckRateLimitRequest>,
     ) -> Result<Response<pb::CheckRateLimitResponse>, Status> {
         let request = check_request(request.into_inner());
-        let response = self.limiter.check(&request).await.map_err(status)?;
+        let response = self
+            .limiter
+            .check(&request)
+            .await
+            .map_err(super::check_error_status)?;
         Ok(Response::new(check_response(response)))
     }
 }
@@ -117,14 +121,5 @@ fn duration(micros: u64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// The one place check errors become gRPC statuses.
-fn status(e: CheckError) -> Status {
-    match e {
-        CheckError::Invalid(e) => Status::invalid_argument(e.to_string()),
-        CheckError::Store(e) if e.is_transient() => Status::unavailable(e.to_string()),
-        CheckError::Store(e) => Status::internal(e.to_string()),
     }
 }

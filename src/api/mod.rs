@@ -4,6 +4,19 @@
 pub mod envoy;
 pub mod grpc;
 
+use crate::limiter::CheckError;
+
+/// The one place check errors become gRPC statuses, for both gRPC APIs: bad
+/// input names its field, a store that cannot answer is UNAVAILABLE (the
+/// caller's failure policy decides), anything else is INTERNAL.
+fn check_error_status(e: CheckError) -> tonic::Status {
+    match e {
+        CheckError::Invalid(e) => tonic::Status::invalid_argument(e.to_string()),
+        CheckError::Store(e) if e.is_transient() => tonic::Status::unavailable(e.to_string()),
+        CheckError::Store(e) => tonic::Status::internal(e.to_string()),
+    }
+}
+
 /// Generated protobuf and gRPC code, kept apart from hand-written code.
 #[allow(
     clippy::all,
