@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Runs tollgate's whole test suite. On a fresh machine with only the Rust
-# toolchain this is enough: everything the tests need is built or installed
-# from here.
+# toolchain and Python 3 this is enough: everything the tests need is built
+# or installed from here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --locked "$@"
+# Rust: unit tests, integration tests (real servers on 127.0.0.1:0), doc tests.
+cargo test --locked
+
+# Envoy compatibility, through Envoy's official generated stubs (xds-protos)
+# against the real binary.
+cargo build --locked --bin tollgate
+scripts/python-env.sh
+.venv/bin/python -m pytest -q tests/envoy

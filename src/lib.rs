@@ -17,6 +17,7 @@
 //! - [`api`]: the edges; [`api::grpc`] serves `tollgate.v1`.
 //! - [`server`]: wiring, health, reflection, load shedding, graceful shutdown.
 //! - [`clock`]: wall-clock time behind a trait that tests control.
+//! - [`ring`]: rendezvous hashing of counter keys onto named shards.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -27,5 +28,6 @@ pub mod config;
 pub mod limiter;
 pub mod limits;
 pub mod request;
+pub mod ring;
 pub mod server;
 pub mod store;

@@ -104,7 +104,6 @@ impl RateLimiter {
                     requests_per_unit: o.requests_per_unit,
                     algorithm: Algorithm::FixedWindow,
                     burst: o.requests_per_unit,
-                    replaces: Vec::new(),
                 })
             })
             .collect();
@@ -252,8 +251,7 @@ fn replaced_names<'a>(matches: &[Option<Match<'a>>]) -> Vec<&'a str> {
     matches
         .iter()
         .flatten()
-        .flat_map(|m| m.rule.limits.iter())
-        .flat_map(|l| l.replaces.iter().map(|r| r.as_ref()))
+        .flat_map(|m| m.rule.replaces.iter().map(|r| r.as_ref()))
         .collect()
 }
 

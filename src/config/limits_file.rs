@@ -170,9 +170,14 @@ impl Reader<'_> {
         };
         let mut limits: Vec<Limit> = Vec::new();
         let mut unlimited = false;
+        let mut replaces: Vec<Arc<str>> = Vec::new();
         for raw_limit in &raws {
             let at = line(raw_limit.span());
-            match self.limit(raw_limit) {
+            let parsed = self.limit(raw_limit);
+            if let Some((_, names)) = &parsed {
+                replaces.extend(names.iter().cloned());
+            }
+            match parsed.map(|(limit, _)| limit) {
                 Some(None) => unlimited = true,
                 Some(Some(limit)) => {
                     if limits
@@ -205,13 +210,15 @@ impl Reader<'_> {
             shadow_mode: raw.shadow_mode.unwrap_or(false),
             detailed_metric: raw.detailed_metric.unwrap_or(false),
             value_to_metric: raw.value_to_metric.unwrap_or(false),
+            replaces,
             path: path.into(),
         })
     }
 
-    /// `Some(Some(limit))` for a limit, `Some(None)` for `unlimited`, `None`
-    /// after recording an error.
-    fn limit(&mut self, raw: &Spanned<RawRateLimit>) -> Option<Option<Limit>> {
+    /// `Some((Some(limit), replaces))` for a limit, `Some((None, replaces))`
+    /// for `unlimited` (whose `replaces` still count, as in the reference),
+    /// `None` after recording an error.
+    fn limit(&mut self, raw: &Spanned<RawRateLimit>) -> Option<(Option<Limit>, Vec<Arc<str>>)> {
         let at = line(raw.span());
         let errors_before = self.errors.len();
         let unit_text = raw.unit.as_ref().map(|u| u.as_str()).unwrap_or_default();
@@ -247,7 +254,7 @@ impl Reader<'_> {
                     "should not specify rate limit unit when unlimited",
                 );
             }
-            return (self.errors.len() == errors_before).then_some(None);
+            return (self.errors.len() == errors_before).then_some((None, replaces));
         }
         let Some(unit) = unit else {
             self.error(unit_line, format!("invalid rate limit unit '{unit_text}'"));
@@ -315,14 +322,16 @@ impl Reader<'_> {
         if self.errors.len() != errors_before {
             return None;
         }
-        Some(Some(Limit {
-            name: name.map(Arc::from),
-            unit,
-            requests_per_unit,
-            algorithm,
-            burst,
+        Some((
+            Some(Limit {
+                name: name.map(Arc::from),
+                unit,
+                requests_per_unit,
+                algorithm,
+                burst,
+            }),
             replaces,
-        }))
+        ))
     }
 }
 

@@ -83,8 +83,6 @@ pub struct Limit {
     pub algorithm: Algorithm,
     /// Token bucket only: hits that may be taken at once (defaults to the limit).
     pub burst: u32,
-    /// Names of limits this one replaces when both match in one request.
-    pub replaces: Vec<Arc<str>>,
 }
 
 impl Limit {
@@ -108,6 +106,9 @@ pub struct Rule {
     pub detailed_metric: bool,
     /// Put the runtime value into metric names for wildcard/key-only levels.
     pub value_to_metric: bool,
+    /// Names of limits this rule's limits replace when both match in one
+    /// request (unlimited rules included).
+    pub replaces: Vec<Arc<str>>,
     /// The rule's path for metrics, e.g. `domain.key1_value1.key2`.
     pub path: Arc<str>,
 }
