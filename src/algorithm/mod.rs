@@ -87,9 +87,10 @@ pub enum Charge {
     #[default]
     AdmittedOnly,
     /// Hits count even when refused, as envoyproxy/ratelimit does (its
-    /// counter is incremented before it is compared). Token buckets ignore it:
-    /// charging a refused request would push the bucket into the future
-    /// without bound.
+    /// counter is incremented before it is compared). Only fixed windows, the
+    /// reference's algorithm, do this: a sliding window would carry the
+    /// refused burst into the next window, and a token bucket would be pushed
+    /// into the future without bound.
     Always,
 }
 

@@ -3,7 +3,14 @@
 //! much of it the sliding window still covers.
 //!
 //! All arithmetic is exact integer arithmetic scaled by the window length, so
-//! there is no float rounding that could admit one hit too many.
+//! there is no float rounding that could admit one hit too many. The weight
+//! is computed in whole milliseconds: that keeps every product below 2^53, so
+//! the Redis Lua script (whose numbers are doubles) computes the very same
+//! answers; limits files reject sliding windows whose `limit × window in ms`
+//! would not fit.
+//!
+//! Refused hits are never counted here ([`Charge`] applies to fixed windows
+//! only): counting them would let one abusive burst weigh on the next window.
 
 use super::{Charge, Outcome, Rate};
 
@@ -50,14 +57,17 @@ pub fn decide(
     rate: &Rate,
     now: u64,
     hits: u64,
-    charge: Charge,
+    _charge: Charge,
 ) -> (Outcome, SlidingWindow) {
-    let w = rate.window();
-    let mut next = state.advance(w, now);
+    let w_us = rate.window();
+    let mut next = state.advance(w_us, now);
     // If the clock stepped back, reason from the start of the stored window and
     // add the distance back onto every duration we report.
     let lag = next.window_start.saturating_sub(now);
-    let elapsed = now.saturating_sub(next.window_start).min(w);
+    let elapsed_us = now.saturating_sub(next.window_start).min(w_us);
+    // The weight in whole milliseconds (see the module docs).
+    let w = (w_us / MICROS_PER_MILLI).max(1);
+    let elapsed = (elapsed_us / MICROS_PER_MILLI).min(w);
     let (w128, limit128) = (u128::from(w), u128::from(rate.limit));
     let capacity = limit128 * w128;
     let weighted_previous = u128::from(next.previous) * u128::from(w - elapsed);
@@ -65,15 +75,16 @@ pub fn decide(
 
     let wanted = next.current.saturating_add(hits);
     let allowed = usage(wanted) <= capacity;
-    if allowed || charge == Charge::Always {
+    if allowed {
         next.current = wanted;
     }
     let remaining = capacity.saturating_sub(usage(next.current)) / w128;
 
+    let to_window_end = w_us - elapsed_us;
     let reset_after = if next.current > 0 {
-        2 * w - elapsed
+        to_window_end + w_us
     } else if next.previous > 0 {
-        w - elapsed
+        to_window_end
     } else {
         0
     };
@@ -81,7 +92,11 @@ pub fn decide(
         if hits > rate.limit {
             reset_after
         } else {
-            retry_after(&next, rate.limit, w, elapsed, hits)
+            // In milliseconds from the start of the current millisecond.
+            let wait_ms = retry_after(&next, rate.limit, w, elapsed, hits);
+            (wait_ms * MICROS_PER_MILLI)
+                .saturating_sub(elapsed_us % MICROS_PER_MILLI)
+                .max(1)
         }
     });
     let outcome = Outcome {
@@ -93,6 +108,8 @@ pub fn decide(
     };
     (outcome, next)
 }
+
+const MICROS_PER_MILLI: u64 = 1_000;
 
 /// Gives back `hits` taken at `taken_at`, from whichever stored window holds them.
 pub fn refund(state: SlidingWindow, rate: &Rate, taken_at: u64, hits: u64) -> SlidingWindow {
@@ -113,8 +130,8 @@ pub fn refund(state: SlidingWindow, rate: &Rate, taken_at: u64, hits: u64) -> Sl
     }
 }
 
-/// The shortest wait after which `hits` fit, assuming no other traffic.
-/// Requires `hits <= limit`.
+/// The shortest wait after which `hits` fit, assuming no other traffic, in
+/// the units of `w` and `elapsed` (milliseconds). Requires `hits <= limit`.
 fn retry_after(s: &SlidingWindow, limit: u64, w: u64, elapsed: u64, hits: u64) -> u64 {
     let w128 = u128::from(w);
     let to_window_end = w - elapsed;

@@ -319,6 +319,28 @@ impl Reader<'_> {
             self.error(at, "a token_bucket needs requests_per_unit of at least 1");
             return None;
         }
+        // Redis runs the algorithms in Lua, whose numbers are doubles: keep
+        // every intermediate product exact (below 2^53).
+        const EXACT: u128 = 1 << 53;
+        let unit_ms = u128::from(unit.seconds()) * 1_000;
+        if algorithm == Algorithm::SlidingWindow && u128::from(requests_per_unit) * unit_ms >= EXACT {
+            self.error(
+                at,
+                format!(
+                    "a sliding_window of {requests_per_unit} per {} is too large to count exactly; use a shorter unit or a fixed_window",
+                    unit.as_str()
+                ),
+            );
+            return None;
+        }
+        let interval = (unit_ms * 1_000).div_ceil(u128::from(requests_per_unit.max(1)));
+        if algorithm == Algorithm::TokenBucket && u128::from(burst) * interval >= EXACT {
+            self.error(
+                at,
+                format!("a token_bucket with burst {burst} at {requests_per_unit} per {} is too large to count exactly", unit.as_str()),
+            );
+            return None;
+        }
         if self.errors.len() != errors_before {
             return None;
         }
