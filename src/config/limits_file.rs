@@ -323,7 +323,8 @@ impl Reader<'_> {
         // every intermediate product exact (below 2^53).
         const EXACT: u128 = 1 << 53;
         let unit_ms = u128::from(unit.seconds()) * 1_000;
-        if algorithm == Algorithm::SlidingWindow && u128::from(requests_per_unit) * unit_ms >= EXACT {
+        if algorithm == Algorithm::SlidingWindow && u128::from(requests_per_unit) * unit_ms >= EXACT
+        {
             self.error(
                 at,
                 format!(
