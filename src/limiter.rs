@@ -13,16 +13,7 @@ use crate::request::{
 };
 use crate::store::{CounterStore, CounterUpdate, StoreError};
 
-/// What to answer when the counter store cannot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailureMode {
-    /// Answer with an error (gRPC UNAVAILABLE), so the caller's own policy
-    /// decides; Envoy's `failure_mode_deny` then applies.
-    #[default]
-    FailClosed,
-    /// Allow the request uncounted, and say so in the response.
-    FailOpen,
-}
+pub use crate::limits::FailureMode;
 
 /// Why a check could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,7 +147,11 @@ impl RateLimiter {
 
         let mut outcomes = match self.inner.store.apply(&updates).await {
             Ok(outcomes) => outcomes,
-            Err(e) if e.is_transient() && self.inner.failure_mode == FailureMode::FailOpen => {
+            Err(e)
+                if e.is_transient()
+                    && domain.failure_mode.unwrap_or(self.inner.failure_mode)
+                        == FailureMode::FailOpen =>
+            {
                 tracing::warn!(error = %e, domain = %req.domain, "counter store failed; allowing (fail_open)");
                 response.failed_open = true;
                 owners

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate::config::{LimitsWatcher, LogFormat, ServiceConfig, limits_files, load_limits_dir};
 use tollgate::limiter::RateLimiter;
 use tollgate::server::{self, ServerOptions};
-use tollgate::store::MemoryStore;
+use tollgate::store::{CounterStore, MemoryStore, RedisClusterStore, RedisStore};
 use tracing_subscriber::EnvFilter;
 
 /// Rate-limit decisions and usage metering over gRPC; a drop-in Envoy rate-limit service.
@@ -111,6 +111,8 @@ fn validate(args: &ConfigArgs) -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_service_config(args.config.config.as_deref())?;
+    // One TLS provider for every rustls user (rediss:// connections).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_tracing(args.log_format.unwrap_or(config.log.format));
     let runtime = match args.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
@@ -134,15 +136,16 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         load_limits_dir(&limits_dir).map_err(|e| anyhow::anyhow!("invalid limits:\n{e}"))?;
     tracing::info!(dir = %limits_dir.display(), domains = ?limits.domain_names(), "limits loaded");
 
-    let store = Arc::new(MemoryStore::new(config.store.memory.max_keys));
-    let limiter = RateLimiter::new(limits, store, config.store.failure_mode.into());
+    let store = build_store(&config).await?;
+    let store_name = store.name();
+    let limiter = RateLimiter::new(limits, store, config.store.failure_mode());
 
     let grpc_addr = args.grpc_addr.unwrap_or(config.server.grpc_addr);
     let listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
         .with_context(|| format!("binding gRPC to {grpc_addr}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(grpc_addr = %bound, store = "memory", "listening");
+    tracing::info!(grpc_addr = %bound, store = store_name, "listening");
 
     let shutdown = CancellationToken::new();
     let watcher = LimitsWatcher::spawn(
@@ -169,6 +172,27 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
     shutdown.cancel();
     watcher.join().await;
     result.context("serving")
+}
+
+/// The counter store the config asks for: Redis shards, a Redis Cluster, or
+/// the embedded memory store.
+async fn build_store(config: &ServiceConfig) -> anyhow::Result<Arc<dyn CounterStore>> {
+    let Some(redis) = &config.store.redis else {
+        return Ok(Arc::new(MemoryStore::new(config.store.memory.max_keys)));
+    };
+    let timeout = Duration::from_millis(redis.timeout_ms);
+    if redis.cluster.is_empty() {
+        let shards = redis
+            .shards
+            .iter()
+            .map(|s| (s.name.clone(), s.url.clone()))
+            .collect();
+        Ok(Arc::new(RedisStore::connect(shards, timeout).await?))
+    } else {
+        Ok(Arc::new(
+            RedisClusterStore::connect(redis.cluster.clone(), timeout).await?,
+        ))
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

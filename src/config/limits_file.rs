@@ -5,7 +5,8 @@
 //! - `algorithm: fixed_window | sliding_window | token_bucket` and `burst`
 //!   inside `rate_limit`;
 //! - `rate_limits: [...]`, a list of rate limits on one descriptor (a request
-//!   is over if it is over any of them).
+//!   is over if it is over any of them);
+//! - a top-level `failure_mode: fail_open | fail_closed` for the domain.
 //!
 //! Fields are checked where they stand (an unknown or misplaced field is an
 //! error naming its line), which is stricter than the reference's flat list
@@ -21,12 +22,13 @@ use super::yaml::{from_str, line};
 use super::{ConfigError, ConfigErrors};
 use crate::algorithm::Algorithm;
 use crate::limits::model::Children;
-use crate::limits::{DescriptorNode, DomainLimits, Limit, Rule, Unit};
+use crate::limits::{DescriptorNode, DomainLimits, FailureMode, Limit, Rule, Unit};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     domain: Option<Spanned<String>>,
+    failure_mode: Option<Spanned<String>>,
     descriptors: Option<Vec<Spanned<RawDescriptor>>>,
 }
 
@@ -91,12 +93,27 @@ pub fn parse_limits_file(file: &Path, text: &str) -> Result<DomainLimits, Config
     reader.domain = domain.clone();
     let prefix = format!("{domain}.");
     let descriptors = reader.level(raw.descriptors.as_deref().unwrap_or_default(), &prefix);
+    let failure_mode = match raw.failure_mode.as_ref() {
+        None => None,
+        Some(m) => match m.as_str() {
+            "fail_open" => Some(FailureMode::FailOpen),
+            "fail_closed" => Some(FailureMode::FailClosed),
+            other => {
+                reader.error(
+                    line(m.span()),
+                    format!("unknown failure_mode '{other}' (expected fail_open or fail_closed)"),
+                );
+                None
+            }
+        },
+    };
     if reader.errors.is_empty() {
         Ok(DomainLimits {
             name: domain.into(),
             descriptors,
             source: file.display().to_string().into(),
             line: domain_line,
+            failure_mode,
         })
     } else {
         Err(ConfigErrors(reader.errors))

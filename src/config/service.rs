@@ -11,6 +11,7 @@ use super::ConfigError;
 use super::yaml::from_str;
 use crate::api::envoy::{EnvoyOptions, HeaderNames};
 use crate::limiter::FailureMode;
+use crate::store::SecretUrl;
 
 /// The whole service config.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -100,9 +101,13 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// What to answer when the store cannot: `fail_closed` (UNAVAILABLE) or `fail_open`.
+    /// What to answer when the store cannot: `fail_closed` (UNAVAILABLE) or
+    /// `fail_open`. Limits files may override it per domain.
     pub failure_mode: FailureModeName,
+    /// The embedded store, used when `redis` is not configured.
     pub memory: MemoryConfig,
+    /// Redis: named shards or a cluster.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for StoreConfig {
@@ -110,8 +115,54 @@ impl Default for StoreConfig {
         Self {
             failure_mode: FailureModeName::FailClosed,
             memory: MemoryConfig::default(),
+            redis: None,
         }
     }
+}
+
+impl StoreConfig {
+    /// The failure mode in force: `store.redis.failure_mode` if given, else
+    /// `store.failure_mode`.
+    pub fn failure_mode(&self) -> FailureMode {
+        self.redis
+            .as_ref()
+            .and_then(|r| r.failure_mode)
+            .unwrap_or(self.failure_mode)
+            .into()
+    }
+}
+
+/// Redis counter storage: `shards` (regional instances, keys spread by a
+/// consistent hash) or `cluster` (seed nodes of a Redis Cluster).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub shards: Vec<ShardConfig>,
+    pub cluster: Vec<SecretUrl>,
+    /// Per-call timeout; a shard that does not answer in time follows the
+    /// failure mode.
+    pub timeout_ms: u64,
+    /// Overrides `store.failure_mode` (the spelling keeps it here).
+    pub failure_mode: Option<FailureModeName>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            shards: Vec::new(),
+            cluster: Vec::new(),
+            timeout_ms: 50,
+            failure_mode: None,
+        }
+    }
+}
+
+/// One named Redis instance. TLS (`rediss://`) and passwords go in the URL.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    pub name: String,
+    pub url: SecretUrl,
 }
 
 /// The failure mode as written in the file.
@@ -213,6 +264,48 @@ impl ServiceConfig {
                 ));
             }
         }
+        if let Some(redis) = &config.store.redis {
+            match (redis.shards.is_empty(), redis.cluster.is_empty()) {
+                (true, true) => {
+                    return Err(ConfigError::new(
+                        path,
+                        None,
+                        "store.redis needs either shards or cluster",
+                    ));
+                }
+                (false, false) => {
+                    return Err(ConfigError::new(
+                        path,
+                        None,
+                        "store.redis takes shards or cluster, not both",
+                    ));
+                }
+                _ => {}
+            }
+            if redis.timeout_ms == 0 {
+                return Err(ConfigError::new(
+                    path,
+                    None,
+                    "store.redis.timeout_ms must be at least 1",
+                ));
+            }
+            let mut names: Vec<&str> = redis.shards.iter().map(|s| s.name.as_str()).collect();
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(ConfigError::new(
+                    path,
+                    None,
+                    format!("store.redis.shards: duplicate name '{}'", w[0]),
+                ));
+            }
+            if names.iter().any(|n| n.is_empty()) {
+                return Err(ConfigError::new(
+                    path,
+                    None,
+                    "store.redis.shards: every shard needs a name",
+                ));
+            }
+        }
         if config.store.memory.max_keys == 0 {
             return Err(ConfigError::new(
                 path,
@@ -227,6 +320,27 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_shards_and_their_checks() {
+        let p = Path::new("tollgate.yaml");
+        let text = "store:\n  redis:\n    shards:\n      - { name: us-east, url: \"redis://127.0.0.1:6379/0\" }\n      - { name: eu-west, url: \"rediss://user:pass@host:6380/0\" }\n    timeout_ms: 25\n    failure_mode: fail_open\n";
+        let c = ServiceConfig::parse(p, text).unwrap_or_default();
+        let redis = c.store.redis.clone().unwrap_or_default();
+        assert_eq!(redis.shards.len(), 2);
+        assert_eq!(redis.timeout_ms, 25);
+        assert_eq!(c.store.failure_mode(), FailureMode::FailOpen);
+        assert!(
+            !format!("{c:?}").contains("pass@"),
+            "no password in Debug output"
+        );
+
+        let both = "store:\n  redis:\n    shards: [{ name: a, url: \"redis://h/0\" }]\n    cluster: [\"redis://h:7000\"]\n";
+        assert!(ServiceConfig::parse(p, both).is_err());
+        let dup = "store:\n  redis:\n    shards: [{ name: a, url: \"redis://h/0\" }, { name: a, url: \"redis://i/0\" }]\n";
+        let e = ServiceConfig::parse(p, dup).map_err(|e| e.problem);
+        assert_eq!(e, Err("store.redis.shards: duplicate name 'a'".to_string()));
+    }
 
     #[test]
     fn defaults_and_overrides() {

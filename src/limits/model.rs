@@ -179,6 +179,17 @@ impl Children {
     }
 }
 
+/// What to answer when the counter store cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Answer with an error (gRPC UNAVAILABLE), so the caller's own policy
+    /// decides; Envoy's `failure_mode_deny` then applies.
+    #[default]
+    FailClosed,
+    /// Allow the request uncounted, and say so in the response.
+    FailOpen,
+}
+
 /// The limits of one domain: the top level of its descriptor tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainLimits {
@@ -188,6 +199,8 @@ pub struct DomainLimits {
     pub source: Arc<str>,
     /// The line of its `domain:`.
     pub line: usize,
+    /// Overrides the service's failure mode for this domain.
+    pub failure_mode: Option<FailureMode>,
 }
 
 /// Every domain's limits: one consistent snapshot of the limits directory.
@@ -196,14 +209,22 @@ pub struct Limits {
     domains: HashMap<Box<str>, DomainLimits>,
 }
 
+impl FromIterator<DomainLimits> for Limits {
+    fn from_iter<I: IntoIterator<Item = DomainLimits>>(iter: I) -> Self {
+        Self::from_domains(iter)
+    }
+}
+
 impl Limits {
     /// An empty set of limits: every request is answered OK, nothing counted.
     pub fn empty() -> Self {
         Self::default()
     }
 
-    /// Builds from domains whose names are known to be distinct.
-    pub(crate) fn from_domains(domains: impl IntoIterator<Item = DomainLimits>) -> Self {
+    /// Builds from domains whose names are known to be distinct (a later
+    /// domain of the same name replaces an earlier one; loading a directory
+    /// reports duplicates instead, see [`crate::config::load_limits_dir`]).
+    pub fn from_domains(domains: impl IntoIterator<Item = DomainLimits>) -> Self {
         Self {
             domains: domains
                 .into_iter()

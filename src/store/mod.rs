@@ -6,6 +6,7 @@
 //! only there can "read, decide, write" be atomic across tollgate replicas.
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::pin::Pin;
 use crate::algorithm::{Algorithm, Charge, Outcome, Rate};
 
 pub use memory::MemoryStore;
+pub use redis::{RedisClusterStore, RedisStore, SecretUrl};
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn CounterStore>`).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,6 +50,9 @@ pub enum StoreError {
     /// The backend did not answer or answered with an error.
     #[error("counter store unavailable: {0}")]
     Unavailable(String),
+    /// The store is configured wrongly (bad URL, bad shard list).
+    #[error("counter store misconfigured: {0}")]
+    Config(String),
 }
 
 impl StoreError {
@@ -56,6 +61,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Full { .. } | StoreError::Unavailable(_) => true,
+            StoreError::Config(_) => false,
         }
     }
 }

@@ -1,0 +1,193 @@
+-- tollgate: decide and update a batch of counters on one Redis, atomically.
+--
+-- The same algorithms as src/algorithm/*.rs, on the same integers: every
+-- value stays below 2^53 (limits files reject larger ones), so Lua's doubles
+-- compute exactly what the Rust code does. Time comes from this server's
+-- TIME, so every tollgate replica sharing it agrees on the windows.
+--
+-- A script rather than MULTI/EXEC: the decision needs the current value
+-- (read, decide, write) inside one atomic step, which MULTI cannot express.
+--
+-- KEYS[i]: counter key i. ARGV: 8 values per key:
+--   algorithm (0 fixed window, 1 sliding window, 2 token bucket), limit,
+--   window (µs), burst, hits, charge refused hits (0/1), dry run (0/1),
+--   refund of (µs of the take to give back; 0 = decide normally).
+-- Returns 5 integers per key: allowed (0/1), remaining, reset after (µs),
+-- retry after (µs, -1 when allowed), decided at (µs).
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+local function parse(raw, n)
+  local out = {}
+  if raw then
+    local i = 1
+    for part in string.gmatch(raw, '[^:]+') do
+      out[i] = tonumber(part) or 0
+      i = i + 1
+    end
+  end
+  for i = 1, n do
+    out[i] = out[i] or 0
+  end
+  return out
+end
+
+local function fixed(s, limit, w, hits, always)
+  local ws, count = s[1], s[2]
+  local cur = now - (now % w)
+  if ws < cur then
+    ws, count = cur, 0
+  end
+  local reset = math.min(ws + w - now, w)
+  local wanted = count + hits
+  local allowed = wanted <= limit
+  if allowed or always then
+    count = wanted
+  end
+  local retry = -1
+  if not allowed then retry = reset end
+  return allowed, math.max(limit - count, 0), reset, retry, fmt(ws) .. ':' .. fmt(count), ws + w
+end
+
+local function sliding_retry(cur, prev, limit, w, e, hits)
+  local to_end = w - e
+  local room = limit - cur - hits
+  if room >= 0 then
+    if prev == 0 then return 1 end
+    local t = math.max(to_end - math.floor(room * w / prev), 0)
+    if t < to_end then return math.max(t, 1) end
+  end
+  local offset = 0
+  if cur > 0 then
+    offset = math.max(w - math.floor((limit - hits) * w / cur), 0)
+  end
+  return to_end + offset
+end
+
+local function sliding(s, limit, w_us, hits)
+  local ws, cur, prev = s[1], s[2], s[3]
+  local cs = now - (now % w_us)
+  if ws >= cs then
+    -- same window, or the clock stepped back: keep it
+  elseif ws + w_us == cs then
+    ws, cur, prev = cs, 0, cur
+  else
+    ws, cur, prev = cs, 0, 0
+  end
+  local lag = math.max(ws - now, 0)
+  local elapsed_us = math.min(math.max(now - ws, 0), w_us)
+  local w = math.max(math.floor(w_us / 1000), 1)
+  local e = math.min(math.floor(elapsed_us / 1000), w)
+  local cap = limit * w
+  local wp = prev * (w - e)
+  local wanted = cur + hits
+  local allowed = wanted <= limit and wp + wanted * w <= cap
+  if allowed then cur = wanted end
+  local remaining = math.floor(math.max(cap - (wp + cur * w), 0) / w)
+  local to_end = w_us - elapsed_us
+  local reset = 0
+  if cur > 0 then
+    reset = to_end + w_us
+  elseif prev > 0 then
+    reset = to_end
+  end
+  local retry = -1
+  if not allowed then
+    if hits > limit then
+      retry = reset
+    else
+      local wait_ms = sliding_retry(cur, prev, limit, w, e, hits)
+      retry = math.max(wait_ms * 1000 - (elapsed_us % 1000), 1)
+    end
+    retry = retry + lag
+  end
+  return allowed, remaining, reset + lag, retry,
+    fmt(ws) .. ':' .. fmt(cur) .. ':' .. fmt(prev), ws + 2 * w_us
+end
+
+local function interval(limit, w)
+  limit = math.max(limit, 1)
+  return math.floor((w + limit - 1) / limit)
+end
+
+local function bucket(s, limit, w, burst, hits)
+  local step = interval(limit, w)
+  if limit == 0 then burst = 0 else burst = math.max(burst, 1) end
+  local tat = math.max(s[1], now)
+  local new_tat = tat + hits * step
+  local horizon = now + burst * step
+  local allowed = hits <= burst and new_tat <= horizon
+  if allowed then tat = new_tat end
+  local reset = math.max(tat - now, 0)
+  local retry = -1
+  if not allowed then
+    if hits > burst then retry = math.max(reset, 1) else retry = new_tat - horizon end
+  end
+  return allowed, math.floor(math.max(horizon - tat, 0) / step), reset, retry, fmt(tat), tat
+end
+
+local function refund(algo, s, limit, w, hits, taken_at)
+  local taken_window = taken_at - (taken_at % w)
+  if algo == 0 then
+    if s[1] == taken_window then s[2] = math.max(s[2] - hits, 0) end
+    return fmt(s[1]) .. ':' .. fmt(s[2])
+  elseif algo == 1 then
+    if s[1] == taken_window then
+      s[2] = math.max(s[2] - hits, 0)
+    elseif s[1] == taken_window + w then
+      s[3] = math.max(s[3] - hits, 0)
+    end
+    return fmt(s[1]) .. ':' .. fmt(s[2]) .. ':' .. fmt(s[3])
+  end
+  return fmt(math.max(s[1] - hits * interval(limit, w), 0))
+end
+
+local out = {}
+for i = 1, #KEYS do
+  local b = (i - 1) * 8
+  local algo = tonumber(ARGV[b + 1])
+  local limit = tonumber(ARGV[b + 2])
+  local w = tonumber(ARGV[b + 3])
+  local burst = tonumber(ARGV[b + 4])
+  local hits = tonumber(ARGV[b + 5])
+  local always = ARGV[b + 6] == '1'
+  local dry = ARGV[b + 7] == '1'
+  local taken_at = tonumber(ARGV[b + 8])
+  local key = KEYS[i]
+  local raw = redis.call('GET', key)
+
+  if taken_at > 0 then
+    if raw then
+      redis.call('SET', key, refund(algo, parse(raw, 3), limit, w, hits, taken_at), 'KEEPTTL')
+    end
+    for _, v in ipairs({0, 0, 0, -1, now}) do out[#out + 1] = v end
+  else
+    local allowed, remaining, reset, retry, state, expires
+    if algo == 0 then
+      allowed, remaining, reset, retry, state, expires = fixed(parse(raw, 2), limit, w, hits, always)
+    elseif algo == 1 then
+      allowed, remaining, reset, retry, state, expires = sliding(parse(raw, 3), limit, w, hits)
+    else
+      allowed, remaining, reset, retry, state, expires = bucket(parse(raw, 1), limit, w, burst, hits)
+    end
+    if not dry then
+      local ttl_ms = math.ceil((expires - now) / 1000)
+      if ttl_ms > 0 then
+        redis.call('SET', key, state, 'PX', ttl_ms)
+      elseif raw then
+        redis.call('DEL', key)
+      end
+    end
+    out[#out + 1] = allowed and 1 or 0
+    out[#out + 1] = remaining
+    out[#out + 1] = reset
+    out[#out + 1] = retry
+    out[#out + 1] = now
+  end
+end
+return out
