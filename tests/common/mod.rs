@@ -3,6 +3,8 @@
 //! stopped when its handle drops, also when a test fails.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

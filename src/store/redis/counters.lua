@@ -1,3 +1,4 @@
+#!lua
 -- tollgate: decide and update a batch of counters on one Redis, atomically.
 --
 -- The same algorithms as src/algorithm/*.rs, on the same integers: every
@@ -7,6 +8,10 @@
 --
 -- A script rather than MULTI/EXEC: the decision needs the current value
 -- (read, decide, write) inside one atomic step, which MULTI cannot express.
+--
+-- The `#!lua` line (Redis 7+) declares the script as writing: a cluster
+-- replica that was just demoted then answers MOVED, which makes the client
+-- follow the failover, instead of running it and failing with READONLY.
 --
 -- KEYS[i]: counter key i. ARGV: 8 values per key:
 --   algorithm (0 fixed window, 1 sliding window, 2 token bucket), limit,

@@ -1,0 +1,323 @@
+//! One scenario suite, every counter store: the embedded memory store, one
+//! Redis, three Redis shards, and a three-master Redis Cluster. The Redis
+//! backends are real `redis-server` processes on ephemeral ports.
+//!
+//! Each backend runs the whole suite in one test so its servers start once;
+//! every scenario uses keys of its own.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{RedisCluster, RedisServer};
+use tollgate::algorithm::Charge;
+use tollgate::config::parse_limits_file;
+use tollgate::limiter::{FailureMode, RateLimiter};
+use tollgate::limits::Limits;
+use tollgate::request::{CheckRequest, Code, Descriptor};
+use tollgate::store::{CounterStore, MemoryStore, RedisClusterStore, RedisStore, SecretUrl};
+
+const LIMITS: &str = r#"
+domain: s
+descriptors:
+  - key: fixed
+    rate_limit: { unit: hour, requests_per_unit: 10 }
+  - key: hot
+    rate_limit: { unit: hour, requests_per_unit: 1000 }
+  - key: pair
+    rate_limits:
+      - { unit: hour, requests_per_unit: 3 }
+      - { unit: day, requests_per_unit: 100, algorithm: sliding_window }
+  - key: bucket
+    rate_limit: { unit: day, requests_per_unit: 86400, algorithm: token_bucket, burst: 5 }
+  - key: fast_bucket
+    rate_limit: { unit: second, requests_per_unit: 20, algorithm: token_bucket, burst: 2 }
+  - key: sliding
+    rate_limit: { unit: second, requests_per_unit: 4, algorithm: sliding_window }
+  - key: many
+    rate_limit: { unit: hour, requests_per_unit: 2 }
+"#;
+
+fn limiter(store: Arc<dyn CounterStore>) -> RateLimiter {
+    let domain =
+        parse_limits_file(std::path::Path::new("s.yaml"), LIMITS).unwrap_or_else(|e| panic!("{e}"));
+    RateLimiter::new(Limits::from_iter([domain]), store, FailureMode::FailClosed)
+}
+
+fn req(pairs: &[(&str, &str)], hits: u64) -> CheckRequest {
+    let mut r = CheckRequest::new("s", vec![Descriptor::new(pairs.iter().copied())]);
+    r.hits = hits;
+    r
+}
+
+async fn check(l: &RateLimiter, r: &CheckRequest) -> tollgate::request::CheckResponse {
+    l.check(r)
+        .await
+        .unwrap_or_else(|e| panic!("check failed: {e}"))
+}
+
+async fn counts_down_then_refuses(l: &RateLimiter, tag: &str) {
+    for expected in (0..10).rev() {
+        let r = check(l, &req(&[("fixed", tag)], 1)).await;
+        assert_eq!(r.overall, Code::Ok, "{tag}");
+        assert_eq!(r.statuses[0].remaining, expected, "{tag}");
+    }
+    let r = check(l, &req(&[("fixed", tag)], 1)).await;
+    assert_eq!(r.overall, Code::OverLimit, "{tag}");
+    let retry = r.statuses[0].retry_after_micros.unwrap_or(0);
+    assert!(retry > 0 && retry <= 3_600_000_000, "{tag}: retry {retry}");
+}
+
+async fn no_partial_admission_and_dry_run(l: &RateLimiter, tag: &str) {
+    let value = format!("{tag}-partial");
+    assert_eq!(
+        check(l, &req(&[("fixed", &value)], 8)).await.overall,
+        Code::Ok
+    );
+    let r = check(l, &req(&[("fixed", &value)], 3)).await;
+    assert_eq!(r.overall, Code::OverLimit, "{tag}: 8 + 3 > 10");
+    assert_eq!(
+        r.statuses[0].remaining, 2,
+        "{tag}: the refused 3 were not counted"
+    );
+    let mut dry = req(&[("fixed", &value)], 2);
+    dry.dry_run = true;
+    for _ in 0..3 {
+        let r = check(l, &dry).await;
+        assert_eq!(
+            (r.overall, r.statuses[0].remaining),
+            (Code::Ok, 0),
+            "{tag}: dry run"
+        );
+    }
+    let r = check(l, &req(&[("fixed", &value)], 2)).await;
+    assert_eq!(
+        (r.overall, r.statuses[0].remaining),
+        (Code::Ok, 0),
+        "{tag}: dry runs counted nothing"
+    );
+    let r = check(l, &req(&[("fixed", &format!("{tag}-big"))], 11)).await;
+    assert_eq!(
+        r.overall,
+        Code::OverLimit,
+        "{tag}: more than the limit never fits"
+    );
+}
+
+async fn charge_always_counts_refused_hits(l: &RateLimiter, tag: &str) {
+    let value = format!("{tag}-always");
+    let mut r = req(&[("fixed", &value)], 8);
+    r.charge = Charge::Always;
+    assert_eq!(check(l, &r).await.overall, Code::Ok);
+    r.hits = 5;
+    assert_eq!(check(l, &r).await.overall, Code::OverLimit);
+    r.hits = 1;
+    assert_eq!(
+        check(l, &r).await.overall,
+        Code::OverLimit,
+        "{tag}: 13 counted, still over"
+    );
+}
+
+async fn a_refused_request_costs_its_other_limits_nothing(l: &RateLimiter, tag: &str) {
+    // 3/hour refuses the fourth; the daily sliding window must not count it.
+    for _ in 0..3 {
+        assert_eq!(check(l, &req(&[("pair", tag)], 1)).await.overall, Code::Ok);
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            check(l, &req(&[("pair", tag)], 1)).await.overall,
+            Code::OverLimit
+        );
+    }
+    let mut dry = req(&[("pair", tag)], 97);
+    dry.dry_run = true;
+    let r = check(l, &dry).await;
+    // The daily limit saw 3 hits: 97 more fit there (the hourly still refuses).
+    assert_eq!(
+        r.statuses[0].limit.as_ref().map(|l| l.requests_per_unit),
+        Some(3),
+        "{tag}"
+    );
+    let mut daily_only = req(&[("pair", tag)], 98);
+    daily_only.dry_run = true;
+    let r = check(l, &daily_only).await;
+    assert_eq!(
+        r.statuses[0].limit.as_ref().map(|l| l.requests_per_unit),
+        Some(100),
+        "{tag}: 3 + 98 > 100"
+    );
+}
+
+async fn concurrent_hits_on_one_key_are_exact(l: &RateLimiter, tag: &str) {
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let l = l.clone();
+            let r = req(&[("hot", tag)], 1);
+            tokio::spawn(async move {
+                let mut allowed = 0u32;
+                for _ in 0..40 {
+                    allowed += u32::from(check(&l, &r).await.overall == Code::Ok);
+                }
+                allowed
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    assert_eq!(
+        total, 1000,
+        "{tag}: 32 × 40 = 1280 tries, exactly 1000 admitted"
+    );
+}
+
+async fn token_bucket_burst_then_refill(l: &RateLimiter, tag: &str) {
+    for expected in (0..5).rev() {
+        let r = check(l, &req(&[("bucket", tag)], 1)).await;
+        assert_eq!(
+            (r.overall, r.statuses[0].remaining),
+            (Code::Ok, expected),
+            "{tag}"
+        );
+    }
+    let r = check(l, &req(&[("bucket", tag)], 1)).await;
+    assert_eq!(r.overall, Code::OverLimit, "{tag}: burst of 5 used");
+    let retry = r.statuses[0].retry_after_micros.unwrap_or(0);
+    assert!(
+        retry > 0 && retry <= 1_000_000,
+        "{tag}: one token a second: {retry}"
+    );
+
+    let value = format!("{tag}-fast");
+    for _ in 0..2 {
+        assert_eq!(
+            check(l, &req(&[("fast_bucket", &value)], 1)).await.overall,
+            Code::Ok
+        );
+    }
+    let r = check(l, &req(&[("fast_bucket", &value)], 1)).await;
+    assert_eq!(r.overall, Code::OverLimit, "{tag}");
+    let retry = r.statuses[0].retry_after_micros.unwrap_or(0);
+    assert!(
+        retry > 0 && retry <= 50_000,
+        "{tag}: one token every 50 ms: {retry}"
+    );
+    tokio::time::sleep(Duration::from_micros(retry)).await;
+    assert_eq!(
+        check(l, &req(&[("fast_bucket", &value)], 1)).await.overall,
+        Code::Ok,
+        "{tag}: refilled"
+    );
+}
+
+async fn sliding_window_waits_for_the_weight_to_fade(l: &RateLimiter, tag: &str) {
+    let mut admitted = 0;
+    let mut last = None;
+    for _ in 0..6 {
+        let r = check(l, &req(&[("sliding", tag)], 1)).await;
+        admitted += u32::from(r.overall == Code::Ok);
+        last = Some(r);
+    }
+    assert!(
+        admitted <= 4,
+        "{tag}: never more than 4 in a sliding second"
+    );
+    let r = last.unwrap_or_default();
+    assert_eq!(r.overall, Code::OverLimit, "{tag}");
+    let retry = r.statuses[0].retry_after_micros.unwrap_or(0);
+    assert!(retry > 0 && retry <= 2_000_000, "{tag}: {retry}");
+    tokio::time::sleep(Duration::from_micros(retry)).await;
+    assert_eq!(
+        check(l, &req(&[("sliding", tag)], 1)).await.overall,
+        Code::Ok,
+        "{tag}: admitted after retry_after"
+    );
+}
+
+async fn many_descriptors_in_one_request(l: &RateLimiter, tag: &str) {
+    // Enough distinct keys to land on every shard; each has a counter of its own.
+    let values: Vec<String> = (0..24).map(|i| format!("{tag}-{i}")).collect();
+    let request = CheckRequest::new(
+        "s",
+        values
+            .iter()
+            .map(|v| Descriptor::new([("many", v.as_str())]))
+            .collect(),
+    );
+    let r = check(l, &request).await;
+    assert!(r.statuses.iter().all(|s| s.remaining == 1), "{tag}: {r:?}");
+    let r = check(l, &request).await;
+    assert!(
+        r.statuses
+            .iter()
+            .all(|s| s.remaining == 0 && s.code == Code::Ok),
+        "{tag}"
+    );
+    let r = check(l, &request).await;
+    assert!(
+        r.statuses.iter().all(|s| s.code == Code::OverLimit),
+        "{tag}"
+    );
+}
+
+async fn run_all(store: Arc<dyn CounterStore>) {
+    let l = limiter(store);
+    // Distinct per run so a rerun against a kept server starts fresh.
+    let tag = format!("t{}", common::system_now_micros());
+    counts_down_then_refuses(&l, &tag).await;
+    no_partial_admission_and_dry_run(&l, &tag).await;
+    charge_always_counts_refused_hits(&l, &tag).await;
+    a_refused_request_costs_its_other_limits_nothing(&l, &tag).await;
+    concurrent_hits_on_one_key_are_exact(&l, &tag).await;
+    token_bucket_burst_then_refill(&l, &tag).await;
+    sliding_window_waits_for_the_weight_to_fade(&l, &tag).await;
+    many_descriptors_in_one_request(&l, &tag).await;
+}
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store() {
+    run_all(Arc::new(MemoryStore::new(100_000))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_one_shard() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(vec![("only".into(), SecretUrl::new(server.url()))], TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    run_all(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_three_shards() {
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let shards = ["us-east", "eu-west", "ap-south"]
+        .iter()
+        .zip(&servers)
+        .map(|(name, s)| (name.to_string(), SecretUrl::new(s.url())))
+        .collect();
+    let store = RedisStore::connect(shards, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    run_all(Arc::new(store)).await;
+    // The keys really were spread: every shard holds some.
+    for s in &servers {
+        let keys = common::redis::command(s.port, &["DBSIZE"]);
+        assert_ne!(keys.trim(), "0", "shard on port {} got no keys", s.port);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_three_masters() {
+    let cluster = RedisCluster::start(3, 0);
+    let nodes = cluster.urls().into_iter().map(SecretUrl::new).collect();
+    let store = RedisClusterStore::connect(nodes, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    run_all(Arc::new(store)).await;
+}
