@@ -81,7 +81,7 @@ pub async fn run(
 
     let tasks = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
-    tasks.spawn(maintenance(limiter.clone(), stop_tasks.clone()));
+    tasks.spawn(maintenance(limiter.clone(), health.clone(), stop_tasks.clone()));
 
     let draining = CancellationToken::new();
     let signal = {
@@ -130,13 +130,27 @@ pub async fn run(
     result
 }
 
-async fn maintenance(limiter: RateLimiter, stop: CancellationToken) {
+/// The health-service name that reports whether the counter store answers
+/// (every Redis shard reachable): a readiness check for the store.
+pub const STORE_HEALTH_SERVICE: &str = "tollgate.store";
+
+async fn maintenance(limiter: RateLimiter, health: tonic_health::server::HealthReporter, stop: CancellationToken) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => limiter.store().maintain().await,
+            _ = tick.tick() => {
+                let store = limiter.store();
+                store.maintain().await;
+                let now = store.is_healthy();
+                if healthy != Some(now) {
+                    let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+                    health.set_service_status(STORE_HEALTH_SERVICE, status).await;
+                    healthy = Some(now);
+                }
+            }
         }
     }
 }

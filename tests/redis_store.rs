@@ -15,6 +15,8 @@ use tollgate::limiter::FailureMode;
 use tollgate::limits::{Limit, Unit, counter_key};
 use tollgate::request::Entry;
 use tollgate::store::{RedisClusterStore, RedisStore, SecretUrl};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -242,7 +244,13 @@ async fn a_dead_shard_follows_the_failure_mode_fast_and_comes_back() {
             }
         }
 
+        // Readiness reports the dead shard (the maintenance tick updates it
+        // every second: poll with a deadline).
+        let mut health = HealthClient::new(server.channel().await);
+        wait_store_health(&mut health, ServingStatus::NotServing).await;
+
         servers[1].restart();
+        wait_store_health(&mut health, ServingStatus::Serving).await;
         // The store's maintenance reconnects within about a second; there is
         // no signal to wait on from outside, so poll with a deadline.
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -265,6 +273,23 @@ async fn a_dead_shard_follows_the_failure_mode_fast_and_comes_back() {
             );
         }
         server.stop().await;
+    }
+}
+
+async fn wait_store_health(health: &mut HealthClient<tonic::transport::Channel>, want: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = health
+            .check(HealthCheckRequest {
+                service: tollgate::server::STORE_HEALTH_SERVICE.into(),
+            })
+            .await;
+        let got = r.ok().map(|r| r.into_inner().status);
+        if got == Some(want as i32) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "store health never became {want:?} (last {got:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

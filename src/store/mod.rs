@@ -86,4 +86,11 @@ pub trait CounterStore: Send + Sync + Debug + 'static {
 
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// Whether every part of the store answers (for readiness). A sharded
+    /// store is unhealthy while any shard is down, even though requests for
+    /// the other shards' keys are still served.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }

@@ -303,6 +303,10 @@ impl CounterStore for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
     }
+
+    fn is_healthy(&self) -> bool {
+        self.shards.iter().all(|s| s.breaker.is_closed() && s.conn.load().is_some())
+    }
 }
 
 #[cfg(test)]
