@@ -81,7 +81,11 @@ pub async fn run(
 
     let tasks = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
-    tasks.spawn(maintenance(limiter.clone(), health.clone(), stop_tasks.clone()));
+    tasks.spawn(maintenance(
+        limiter.clone(),
+        health.clone(),
+        stop_tasks.clone(),
+    ));
 
     let draining = CancellationToken::new();
     let signal = {
@@ -134,7 +138,11 @@ pub async fn run(
 /// (every Redis shard reachable): a readiness check for the store.
 pub const STORE_HEALTH_SERVICE: &str = "tollgate.store";
 
-async fn maintenance(limiter: RateLimiter, health: tonic_health::server::HealthReporter, stop: CancellationToken) {
+async fn maintenance(
+    limiter: RateLimiter,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = None;

@@ -276,7 +276,10 @@ async fn a_dead_shard_follows_the_failure_mode_fast_and_comes_back() {
     }
 }
 
-async fn wait_store_health(health: &mut HealthClient<tonic::transport::Channel>, want: ServingStatus) {
+async fn wait_store_health(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    want: ServingStatus,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = health
@@ -288,7 +291,10 @@ async fn wait_store_health(health: &mut HealthClient<tonic::transport::Channel>,
         if got == Some(want as i32) {
             return;
         }
-        assert!(Instant::now() < deadline, "store health never became {want:?} (last {got:?})");
+        assert!(
+            Instant::now() < deadline,
+            "store health never became {want:?} (last {got:?})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -391,8 +391,7 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): {INSTALL_HINT}"));
-        // redis-cli --cluster exits 0 on some failures; its "[OK] All 16384
-        // slots covered." is the sign of success.
+        // Besides the exit status, insist on redis-cli's own success line.
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success() && stdout.contains("All 16384 slots covered"),
@@ -405,11 +404,12 @@ impl RedisCluster {
         cluster
     }
 
-    /// The nodes that are masters now (live nodes only).
+    /// The nodes that are masters now (live nodes only; a restarted node
+    /// is a master of nothing, outside the cluster, and counts too).
     pub fn masters(&self) -> Vec<&RedisServer> {
         self.nodes
             .iter()
-            .filter(|n| role(n.port).as_deref() == Some("master"))
+            .filter(|n| n.child.is_some() && role(n.port).as_deref() == Some("master"))
             .collect()
     }
 
@@ -417,7 +417,7 @@ impl RedisCluster {
     pub fn replicas(&self) -> Vec<&RedisServer> {
         self.nodes
             .iter()
-            .filter(|n| role(n.port).as_deref() == Some("slave"))
+            .filter(|n| n.child.is_some() && role(n.port).as_deref() == Some("slave"))
             .collect()
     }
 

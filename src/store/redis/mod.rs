@@ -305,7 +305,9 @@ impl CounterStore for RedisStore {
     }
 
     fn is_healthy(&self) -> bool {
-        self.shards.iter().all(|s| s.breaker.is_closed() && s.conn.load().is_some())
+        self.shards
+            .iter()
+            .all(|s| s.breaker.is_closed() && s.conn.load().is_some())
     }
 }
 
