@@ -84,10 +84,13 @@ impl RateLimiter {
             return Ok(response);
         };
 
-        // A limit sent with a descriptor replaces the rules for it.
+        // A limit sent with a descriptor replaces the rules for it. Rare:
+        // nothing is allocated unless a descriptor has one.
+        let any_override = req.descriptors.iter().any(|d| d.limit_override.is_some());
         let overrides: Vec<Option<Limit>> = req
             .descriptors
             .iter()
+            .take(if any_override { usize::MAX } else { 0 })
             .map(|d| {
                 d.limit_override.map(|o| Limit {
                     name: None,
@@ -111,7 +114,7 @@ impl RateLimiter {
         let mut updates = Vec::with_capacity(req.descriptors.len());
         let mut owners: Vec<Owner<'_>> = Vec::with_capacity(req.descriptors.len());
         for (i, (descriptor, matched)) in req.descriptors.iter().zip(&matches).enumerate() {
-            if let Some(limit) = &overrides[i] {
+            if let Some(limit) = overrides.get(i).and_then(Option::as_ref) {
                 updates.push(self.update(req, descriptor, None, limit));
                 owners.push(Owner {
                     descriptor: i,

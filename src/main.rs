@@ -57,6 +57,9 @@ struct ServeArgs {
     /// Runtime worker threads; 1 runs a single-threaded runtime [default: one per core].
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Benchmark baseline: answer every call OK without checking anything.
+    #[arg(long)]
+    noop: bool,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +163,7 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         max_concurrent_requests: config.server.max_concurrent_requests,
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
         envoy: (&config.envoy).into(),
+        noop: args.noop,
     };
     let signal = {
         let shutdown = shutdown.clone();

@@ -96,7 +96,7 @@ impl CheckRequest {
     /// The first problem found, naming the field as the wire API spells it
     /// (`descriptors[1].entries[0].key`).
     pub fn validate(&self) -> Result<(), InvalidRequest> {
-        check_string("domain", &self.domain, true)?;
+        check_string(|| "domain".to_string(), &self.domain, true)?;
         if self.descriptors.is_empty() {
             return Err(InvalidRequest::new(
                 "descriptors",
@@ -129,9 +129,14 @@ impl CheckRequest {
                 ));
             }
             for (j, e) in d.entries.iter().enumerate() {
-                check_string(&format!("descriptors[{i}].entries[{j}].key"), &e.key, true)?;
+                // Field names are built only for an error: this runs on every request.
                 check_string(
-                    &format!("descriptors[{i}].entries[{j}].value"),
+                    || format!("descriptors[{i}].entries[{j}].key"),
+                    &e.key,
+                    true,
+                )?;
+                check_string(
+                    || format!("descriptors[{i}].entries[{j}].value"),
                     &e.value,
                     false,
                 )?;
@@ -141,13 +146,17 @@ impl CheckRequest {
     }
 }
 
-fn check_string(field: &str, value: &str, required: bool) -> Result<(), InvalidRequest> {
+fn check_string(
+    field: impl FnOnce() -> String,
+    value: &str,
+    required: bool,
+) -> Result<(), InvalidRequest> {
     if required && value.is_empty() {
-        return Err(InvalidRequest::new(field, "must not be empty"));
+        return Err(InvalidRequest::new(field(), "must not be empty"));
     }
     if value.len() > MAX_STRING_BYTES {
         return Err(InvalidRequest::new(
-            field,
+            field(),
             format!(
                 "must be at most {MAX_STRING_BYTES} bytes, got {}",
                 value.len()

@@ -18,6 +18,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::api::envoy::{EnvoyOptions, EnvoyRlsService};
 use crate::api::grpc::TollgateService;
+use crate::api::noop::NoopService;
 use crate::api::pb;
 use crate::limiter::RateLimiter;
 
@@ -40,6 +41,9 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// How the Envoy RLS API answers.
     pub envoy: EnvoyOptions,
+    /// Serve the benchmark baseline ([`crate::api::noop`]) instead of the
+    /// real services: same stack, no work.
+    pub noop: bool,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +52,7 @@ impl Default for ServerOptions {
             max_concurrent_requests: 10_000,
             shutdown_grace: Duration::from_secs(10),
             envoy: EnvoyOptions::default(),
+            noop: false,
         }
     }
 }
@@ -104,15 +109,26 @@ pub async fn run(
         }
     };
 
-    let serve = Server::builder()
+    let mut router = Server::builder()
         .load_shed(true)
         .layer(GlobalConcurrencyLimitLayer::new(
             options.max_concurrent_requests,
         ))
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(TollgateService::new(limiter.clone()).into_server())
-        .add_service(EnvoyRlsService::new(limiter, options.envoy).into_server())
+        .add_service(reflection);
+    router = if options.noop {
+        tracing::warn!("--noop: answering OK without checking any limit (benchmark baseline)");
+        router
+            .add_service(pb::tollgate::v1::rate_limiter_server::RateLimiterServer::new(NoopService))
+            .add_service(
+                pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer::new(NoopService),
+            )
+    } else {
+        router
+            .add_service(TollgateService::new(limiter.clone()).into_server())
+            .add_service(EnvoyRlsService::new(limiter, options.envoy).into_server())
+    };
+    let serve = router
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     tokio::pin!(serve);
 

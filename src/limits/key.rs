@@ -7,8 +7,6 @@
 //! not, so changing a limit keeps the counts of the current window, as in the
 //! reference.
 
-use std::fmt::Write;
-
 use super::matching::Match;
 use super::model::Limit;
 use crate::request::Entry;
@@ -36,12 +34,15 @@ pub fn counter_key(
         let value = matched.map_or(entry.value.as_str(), |m| m.key_value(i, entries));
         push_part(&mut key, value);
     }
-    // Writing to a String cannot fail.
-    let _ = write!(key, "{}:{}", limit.algorithm.as_str(), limit.unit.as_str());
+    key.push_str(limit.algorithm.as_str());
+    key.push(':');
+    key.push_str(limit.unit.as_str());
     key
 }
 
+// Built on every decision: itoa rather than the formatting machinery.
 fn push_part(key: &mut String, part: &str) {
-    let _ = write!(key, "{}:", part.len());
+    key.push_str(itoa::Buffer::new().format(part.len()));
+    key.push(':');
     key.push_str(part);
 }

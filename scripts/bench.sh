@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# One benchmark run: the no-op baseline, tollgate on the memory store, on one
+# Redis and on three Redis shards, each under the same load from
+# tollgate-bench, then one table with ratios to the baseline measured in the
+# same run. Everything listens on 127.0.0.1 and is stopped on exit.
+#
+#   scripts/bench.sh                # defaults below
+#   DURATION=10s WORKERS=1 scripts/bench.sh
+#
+# WORKERS is the server's --worker-threads (1 = current-thread runtime); the
+# load tool gets the same. On a 2-core machine the two share the cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+WORKERS=${WORKERS:-1}
+CONNECTIONS=${CONNECTIONS:-2}
+IN_FLIGHT=${IN_FLIGHT:-32}
+
+scripts/ensure-redis.sh
+cargo build --release --locked --bin tollgate --bin tollgate-bench --example memory_footprint >/dev/null 2>&1 ||
+    cargo build --release --locked --bin tollgate --bin tollgate-bench --example memory_footprint
+bin=target/release
+work=$(mktemp -d)
+# Servers are started inside command substitutions (subshells), so their pids
+# are collected in a file rather than an array.
+cleanup() {
+    if [ -f "$work/pids" ]; then
+        while read -r p; do kill "$p" 2>/dev/null || true; done <"$work/pids"
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_redis() {
+    local port dir
+    port=$(free_port)
+    dir="$work/redis-$port"
+    mkdir -p "$dir"
+    # Its output must not hold the command substitution's pipe open.
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --logfile "$dir/log" \
+        </dev/null >/dev/null 2>&1 &
+    echo $! >>"$work/pids"
+    for _ in $(seq 100); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && { echo "$port"; return; }
+        sleep 0.05
+    done
+    echo "redis on $port did not start" >&2
+    exit 1
+}
+
+mkdir -p "$work/limits"
+cat >"$work/limits/bench.yaml" <<'YAML'
+domain: bench
+descriptors:
+  - key: user
+    rate_limit: { unit: hour, requests_per_unit: 1000000000 }
+YAML
+
+r1=$(start_redis)
+r3a=$(start_redis); r3b=$(start_redis); r3c=$(start_redis)
+printf 'store:\n  redis:\n    timeout_ms: 200\n    shards:\n      - { name: one, url: "redis://127.0.0.1:%s/0" }\n' "$r1" >"$work/redis1.yaml"
+printf 'store:\n  redis:\n    timeout_ms: 200\n    shards:\n' >"$work/redis3.yaml"
+for p in "$r3a" "$r3b" "$r3c"; do
+    printf '      - { name: s%s, url: "redis://127.0.0.1:%s/0" }\n' "$p" "$p" >>"$work/redis3.yaml"
+done
+
+# Starts a server with the given extra flags; prints its gRPC URL.
+start_tollgate() {
+    local log="$work/tollgate-$RANDOM.log"
+    RUST_LOG=warn,tollgate=info "$bin/tollgate" serve --limits "$work/limits" --grpc-addr 127.0.0.1:0 \
+        --worker-threads "$WORKERS" "$@" </dev/null >/dev/null 2>"$log" &
+    echo $! >>"$work/pids"
+    for _ in $(seq 200); do
+        addr=$(grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2)
+        [ -n "$addr" ] && { echo "http://$addr $!"; return; }
+        sleep 0.05
+    done
+    echo "tollgate did not start: $(cat "$log")" >&2
+    exit 1
+}
+
+# Stops a server started by start_tollgate (not our child: poll until gone).
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+}
+
+load() { # label url api keys [extra flags]
+    local label=$1 url=$2 api=$3 keys=$4
+    shift 4
+    "$bin/tollgate-bench" --target "$url" --api "$api" --keys "$keys" --duration "$DURATION" --warmup "$WARMUP" \
+        --connections "$CONNECTIONS" --in-flight "$IN_FLIGHT" --threads "$WORKERS" --label "$label" --json "$@"
+}
+
+evalsha_calls() { redis-cli -p "$1" info commandstats | grep -o 'cmdstat_evalsha:calls=[0-9]*' | cut -d= -f2 || echo 0; }
+
+results="$work/results.jsonl"
+run_target() { # name flags...
+    local name=$1
+    shift
+    read -r url pid < <(start_tollgate "$@")
+    for api in check envoy; do
+        for keys in hot uniform:10000; do
+            for p in $r1 $r3a $r3b $r3c; do redis-cli -p "$p" config resetstat >/dev/null; done
+            line=$(load "$name" "$url" "$api" "$keys")
+            calls=0
+            case $name in
+                redis-1) calls=$(evalsha_calls "$r1") ;;
+                redis-3) calls=$(( $(evalsha_calls "$r3a") + $(evalsha_calls "$r3b") + $(evalsha_calls "$r3c") )) ;;
+            esac
+            echo "${line%\}},\"redis_calls\":${calls:-0}}" >>"$results"
+        done
+    done
+    stop_pid "$pid"
+}
+
+run_target noop --noop
+run_target memory
+run_target redis-1 --config "$work/redis1.yaml"
+run_target redis-3 --config "$work/redis3.yaml"
+
+# Latency at half the baseline's peak: the same fixed rate on noop and memory.
+half=$(python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(int(next(x["rps"] for x in r if x["label"]=="noop" and x["api"]=="check" and x["keys"]=="Hot")/2))' "$results")
+for target in noop memory; do
+    if [ "$target" = noop ]; then read -r url pid < <(start_tollgate --noop); else read -r url pid < <(start_tollgate); fi
+    line=$(load "$target@half" "$url" check hot --rate "$half")
+    echo "${line%\}},\"redis_calls\":0}" >>"$results"
+    stop_pid "$pid"
+done
+
+footprint=$("$bin/../release/examples/memory_footprint" 1000000)
+
+python3 - "$results" "$WORKERS" "$footprint" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+base = {(r["api"], r["keys"]): r for r in rows if r["label"] == "noop"}
+print(f"server --worker-threads {sys.argv[2]}, load tool on the same machine; {rows[0]['connections']} connections x {rows[0]['in_flight']} in flight")
+print(f"{'target':10} {'api':6} {'keys':16} {'req/s':>9} {'x noop':>7} {'p50 us':>7} {'p99 us':>7} {'redis cmd/decision':>19} {'errors':>6}")
+for r in rows:
+    if "@half" in r["label"]:
+        continue
+    b = base.get((r["api"], r["keys"]))
+    ratio = r["rps"] / b["rps"] if b else float("nan")
+    per = f"{r['redis_calls'] / r['all_requests']:.3f}" if r["redis_calls"] else "-"
+    print(f"{r['label']:10} {r['api']:6} {r['keys']:16} {r['rps']:9.0f} {ratio:7.2f} {r['p50_us']:7d} {r['p99_us']:7d} {per:>19} {r['errors']:6d}")
+half = {r["label"]: r for r in rows if "@half" in r["label"]}
+if len(half) == 2:
+    n, m = half["noop@half"], half["memory@half"]
+    print(f"at half the baseline's peak ({n['rate']} req/s): p99 noop {n['p99_us']} us, memory {m['p99_us']} us ({m['p99_us'] / max(n['p99_us'], 1):.2f}x)")
+print(sys.argv[3])
+PY
