@@ -75,18 +75,12 @@ start_tollgate() {
         --worker-threads "$WORKERS" "$@" </dev/null >/dev/null 2>"$log" &
     echo $! >>"$work/pids"
     for _ in $(seq 200); do
-        addr=$(grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2)
+        addr=$(grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2 || true)
         [ -n "$addr" ] && { echo "http://$addr $!"; return; }
         sleep 0.05
     done
     echo "tollgate did not start: $(cat "$log")" >&2
     exit 1
-}
-
-# Stops a server started by start_tollgate (not our child: poll until gone).
-stop_pid() {
-    kill "$1" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
 }
 
 load() { # label url api keys [extra flags]
@@ -99,57 +93,73 @@ load() { # label url api keys [extra flags]
 evalsha_calls() { redis-cli -p "$1" info commandstats | grep -o 'cmdstat_evalsha:calls=[0-9]*' | cut -d= -f2 || echo 0; }
 
 results="$work/results.jsonl"
-run_target() { # name flags...
-    local name=$1
-    shift
-    read -r url pid < <(start_tollgate "$@")
+ROUNDS=${ROUNDS:-3}
+
+# All servers up at once (idle unless loaded), then round-robin rounds, so
+# drift on a shared machine hits every target alike; the table takes each
+# target's median round.
+read -r url_noop _ < <(start_tollgate --noop)
+read -r url_memory _ < <(start_tollgate)
+read -r url_redis1 _ < <(start_tollgate --config "$work/redis1.yaml")
+read -r url_redis3 _ < <(start_tollgate --config "$work/redis3.yaml")
+declare -A urls=([noop]=$url_noop [memory]=$url_memory [redis-1]=$url_redis1 [redis-3]=$url_redis3)
+
+for round in $(seq "$ROUNDS"); do
     for api in check envoy; do
         for keys in hot uniform:10000; do
-            for p in $r1 $r3a $r3b $r3c; do redis-cli -p "$p" config resetstat >/dev/null; done
-            line=$(load "$name" "$url" "$api" "$keys")
-            calls=0
-            case $name in
-                redis-1) calls=$(evalsha_calls "$r1") ;;
-                redis-3) calls=$(( $(evalsha_calls "$r3a") + $(evalsha_calls "$r3b") + $(evalsha_calls "$r3c") )) ;;
-            esac
-            echo "${line%\}},\"redis_calls\":${calls:-0}}" >>"$results"
+            for name in noop memory redis-1 redis-3; do
+                for p in $r1 $r3a $r3b $r3c; do redis-cli -p "$p" config resetstat >/dev/null; done
+                line=$(load "$name" "${urls[$name]}" "$api" "$keys")
+                calls=0
+                case $name in
+                    redis-1) calls=$(evalsha_calls "$r1") ;;
+                    redis-3) calls=$(( $(evalsha_calls "$r3a") + $(evalsha_calls "$r3b") + $(evalsha_calls "$r3c") )) ;;
+                esac
+                echo "${line%\}},\"redis_calls\":${calls:-0},\"round\":$round}" >>"$results"
+            done
         done
     done
-    stop_pid "$pid"
-}
-
-run_target noop --noop
-run_target memory
-run_target redis-1 --config "$work/redis1.yaml"
-run_target redis-3 --config "$work/redis3.yaml"
+done
 
 # Latency at half the baseline's peak: the same fixed rate on noop and memory.
-half=$(python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(int(next(x["rps"] for x in r if x["label"]=="noop" and x["api"]=="check" and x["keys"]=="Hot")/2))' "$results")
-for target in noop memory; do
-    if [ "$target" = noop ]; then read -r url pid < <(start_tollgate --noop); else read -r url pid < <(start_tollgate); fi
-    line=$(load "$target@half" "$url" check hot --rate "$half")
-    echo "${line%\}},\"redis_calls\":0}" >>"$results"
-    stop_pid "$pid"
+half=$(python3 -c '
+import json, statistics, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+print(int(statistics.median(x["rps"] for x in r if x["label"] == "noop" and x["api"] == "check" and x["keys"] == "Hot") / 2))' "$results")
+for round in $(seq "$ROUNDS"); do
+    for name in noop memory; do
+        line=$(load "$name@half" "${urls[$name]}" check hot --rate "$half")
+        echo "${line%\}},\"redis_calls\":0,\"round\":$round}" >>"$results"
+    done
 done
 
 footprint=$("$bin/../release/examples/memory_footprint" 1000000)
 
-python3 - "$results" "$WORKERS" "$footprint" <<'PY'
-import json, sys
+python3 - "$results" "$WORKERS" "$footprint" "$ROUNDS" <<'PY'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-base = {(r["api"], r["keys"]): r for r in rows if r["label"] == "noop"}
-print(f"server --worker-threads {sys.argv[2]}, load tool on the same machine; {rows[0]['connections']} connections x {rows[0]['in_flight']} in flight")
-print(f"{'target':10} {'api':6} {'keys':16} {'req/s':>9} {'x noop':>7} {'p50 us':>7} {'p99 us':>7} {'redis cmd/decision':>19} {'errors':>6}")
+def median_row(group):
+    group = sorted(group, key=lambda r: r["rps"])
+    return group[len(group) // 2]
+by = {}
 for r in rows:
-    if "@half" in r["label"]:
+    by.setdefault((r["label"], r["api"], r["keys"]), []).append(r)
+med = {k: median_row(v) for k, v in by.items()}
+first = rows[0]
+print(f"server and load tool: --worker-threads {sys.argv[2]} each, same machine; "
+      f"{first['connections']} connections x {first['in_flight']} in flight; median of {sys.argv[4]} rounds")
+print(f"{'target':10} {'api':6} {'keys':16} {'req/s':>9} {'x noop':>7} {'p50 us':>7} {'p99 us':>7} {'redis cmd/decision':>19} {'errors':>6}")
+for (label, api, keys), r in med.items():
+    if "@half" in label:
         continue
-    b = base.get((r["api"], r["keys"]))
+    b = med.get(("noop", api, keys))
     ratio = r["rps"] / b["rps"] if b else float("nan")
     per = f"{r['redis_calls'] / r['all_requests']:.3f}" if r["redis_calls"] else "-"
-    print(f"{r['label']:10} {r['api']:6} {r['keys']:16} {r['rps']:9.0f} {ratio:7.2f} {r['p50_us']:7d} {r['p99_us']:7d} {per:>19} {r['errors']:6d}")
-half = {r["label"]: r for r in rows if "@half" in r["label"]}
-if len(half) == 2:
-    n, m = half["noop@half"], half["memory@half"]
-    print(f"at half the baseline's peak ({n['rate']} req/s): p99 noop {n['p99_us']} us, memory {m['p99_us']} us ({m['p99_us'] / max(n['p99_us'], 1):.2f}x)")
+    print(f"{label:10} {api:6} {keys:16} {r['rps']:9.0f} {ratio:7.2f} {r['p50_us']:7d} {r['p99_us']:7d} {per:>19} {r['errors']:6d}")
+n, m = med.get(("noop@half", "check", "Hot")), med.get(("memory@half", "check", "Hot"))
+if n and m:
+    p99 = lambda label: statistics.median(r["p99_us"] for r in by[(label, "check", "Hot")])
+    print(f"at half the baseline's peak ({n['rate']} req/s): median p99 noop {p99('noop@half'):.0f} us, "
+          f"memory {p99('memory@half'):.0f} us ({p99('memory@half') / max(p99('noop@half'), 1):.2f}x)")
 print(sys.argv[3])
 PY

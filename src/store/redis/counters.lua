@@ -23,27 +23,31 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
-local function fmt(n)
-  return string.format('%.0f', n)
+-- One string.match / string.format per state: the state is read and
+-- written on every decision, and Lua's string handling is most of the
+-- script's cost.
+local function parse1(raw)
+  return tonumber(raw) or 0
 end
 
-local function parse(raw, n)
-  local out = {}
+local function parse2(raw)
   if raw then
-    local i = 1
-    for part in string.gmatch(raw, '[^:]+') do
-      out[i] = tonumber(part) or 0
-      i = i + 1
-    end
+    local a, b = string.match(raw, '^(%d+):(%d+)$')
+    if a then return tonumber(a), tonumber(b) end
   end
-  for i = 1, n do
-    out[i] = out[i] or 0
-  end
-  return out
+  return 0, 0
 end
 
-local function fixed(s, limit, w, hits, always)
-  local ws, count = s[1], s[2]
+local function parse3(raw)
+  if raw then
+    local a, b, c = string.match(raw, '^(%d+):(%d+):(%d+)$')
+    if a then return tonumber(a), tonumber(b), tonumber(c) end
+  end
+  return 0, 0, 0
+end
+
+local function fixed(raw, limit, w, hits, always)
+  local ws, count = parse2(raw)
   local cur = now - (now % w)
   if ws < cur then
     ws, count = cur, 0
@@ -56,7 +60,7 @@ local function fixed(s, limit, w, hits, always)
   end
   local retry = -1
   if not allowed then retry = reset end
-  return allowed, math.max(limit - count, 0), reset, retry, fmt(ws) .. ':' .. fmt(count), ws + w
+  return allowed, math.max(limit - count, 0), reset, retry, string.format('%d:%d', ws, count), ws + w
 end
 
 local function sliding_retry(cur, prev, limit, w, e, hits)
@@ -74,8 +78,8 @@ local function sliding_retry(cur, prev, limit, w, e, hits)
   return to_end + offset
 end
 
-local function sliding(s, limit, w_us, hits)
-  local ws, cur, prev = s[1], s[2], s[3]
+local function sliding(raw, limit, w_us, hits)
+  local ws, cur, prev = parse3(raw)
   local cs = now - (now % w_us)
   if ws >= cs then
     -- same window, or the clock stepped back: keep it
@@ -111,8 +115,7 @@ local function sliding(s, limit, w_us, hits)
     end
     retry = retry + lag
   end
-  return allowed, remaining, reset + lag, retry,
-    fmt(ws) .. ':' .. fmt(cur) .. ':' .. fmt(prev), ws + 2 * w_us
+  return allowed, remaining, reset + lag, retry, string.format('%d:%d:%d', ws, cur, prev), ws + 2 * w_us
 end
 
 local function interval(limit, w)
@@ -120,10 +123,10 @@ local function interval(limit, w)
   return math.floor((w + limit - 1) / limit)
 end
 
-local function bucket(s, limit, w, burst, hits)
+local function bucket(raw, limit, w, burst, hits)
   local step = interval(limit, w)
   if limit == 0 then burst = 0 else burst = math.max(burst, 1) end
-  local tat = math.max(s[1], now)
+  local tat = math.max(parse1(raw), now)
   local new_tat = tat + hits * step
   local horizon = now + burst * step
   local allowed = hits <= burst and new_tat <= horizon
@@ -133,23 +136,25 @@ local function bucket(s, limit, w, burst, hits)
   if not allowed then
     if hits > burst then retry = math.max(reset, 1) else retry = new_tat - horizon end
   end
-  return allowed, math.floor(math.max(horizon - tat, 0) / step), reset, retry, fmt(tat), tat
+  return allowed, math.floor(math.max(horizon - tat, 0) / step), reset, retry, string.format('%d', tat), tat
 end
 
-local function refund(algo, s, limit, w, hits, taken_at)
+local function refund(algo, raw, limit, w, hits, taken_at)
   local taken_window = taken_at - (taken_at % w)
   if algo == 0 then
-    if s[1] == taken_window then s[2] = math.max(s[2] - hits, 0) end
-    return fmt(s[1]) .. ':' .. fmt(s[2])
+    local ws, count = parse2(raw)
+    if ws == taken_window then count = math.max(count - hits, 0) end
+    return string.format('%d:%d', ws, count)
   elseif algo == 1 then
-    if s[1] == taken_window then
-      s[2] = math.max(s[2] - hits, 0)
-    elseif s[1] == taken_window + w then
-      s[3] = math.max(s[3] - hits, 0)
+    local ws, cur, prev = parse3(raw)
+    if ws == taken_window then
+      cur = math.max(cur - hits, 0)
+    elseif ws == taken_window + w then
+      prev = math.max(prev - hits, 0)
     end
-    return fmt(s[1]) .. ':' .. fmt(s[2]) .. ':' .. fmt(s[3])
+    return string.format('%d:%d:%d', ws, cur, prev)
   end
-  return fmt(math.max(s[1] - hits * interval(limit, w), 0))
+  return string.format('%d', math.max(parse1(raw) - hits * interval(limit, w), 0))
 end
 
 local out = {}
@@ -168,17 +173,18 @@ for i = 1, #KEYS do
 
   if taken_at > 0 then
     if raw then
-      redis.call('SET', key, refund(algo, parse(raw, 3), limit, w, hits, taken_at), 'KEEPTTL')
+      redis.call('SET', key, refund(algo, raw, limit, w, hits, taken_at), 'KEEPTTL')
     end
-    for _, v in ipairs({0, 0, 0, -1, now}) do out[#out + 1] = v end
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = 0, 0, 0, -1, now
   else
     local allowed, remaining, reset, retry, state, expires
     if algo == 0 then
-      allowed, remaining, reset, retry, state, expires = fixed(parse(raw, 2), limit, w, hits, always)
+      allowed, remaining, reset, retry, state, expires = fixed(raw, limit, w, hits, always)
     elseif algo == 1 then
-      allowed, remaining, reset, retry, state, expires = sliding(parse(raw, 3), limit, w, hits)
+      allowed, remaining, reset, retry, state, expires = sliding(raw, limit, w, hits)
     else
-      allowed, remaining, reset, retry, state, expires = bucket(parse(raw, 1), limit, w, burst, hits)
+      allowed, remaining, reset, retry, state, expires = bucket(raw, limit, w, burst, hits)
     end
     if not dry then
       local ttl_ms = math.ceil((expires - now) / 1000)
@@ -188,11 +194,8 @@ for i = 1, #KEYS do
         redis.call('DEL', key)
       end
     end
-    out[#out + 1] = allowed and 1 or 0
-    out[#out + 1] = remaining
-    out[#out + 1] = reset
-    out[#out + 1] = retry
-    out[#out + 1] = now
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = allowed and 1 or 0, remaining, reset, retry, now
   end
 end
 return out
