@@ -56,6 +56,9 @@ struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:8081, or server.grpc_addr in the config].
     #[arg(long, env = "TOLLGATE_GRPC_ADDR")]
     grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for /healthz and /readyz [default: none, or server.http_addr in the config].
+    #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
     /// Log format [default: text, or log.format in the config].
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -153,6 +156,16 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         .await
         .with_context(|| format!("binding gRPC to {grpc_addr}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
+    let http_listener = match args.http_addr.or(config.server.http_addr) {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTP to {addr}"))?;
+            tracing::info!(http_addr = %l.local_addr().context("reading the bound address")?, "HTTP listening");
+            Some(l)
+        }
+    };
     tracing::info!(grpc_addr = %bound, store = store_name, "listening");
 
     let shutdown = CancellationToken::new();
@@ -177,7 +190,7 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
             shutdown.cancel();
         }
     };
-    let result = server::run(listener, limiter, options, signal).await;
+    let result = server::run_with_http(listener, http_listener, limiter, options, signal).await;
     shutdown.cancel();
     watcher.join().await;
     result.context("serving")

@@ -6,6 +6,8 @@
 //! are cancelled and joined.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -66,12 +68,28 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves tollgate on `listener` until `shutdown` completes, then drains.
+/// Serves gRPC on `listener` until `shutdown` completes, then drains.
 ///
 /// # Errors
 /// When the server cannot be built or the listener fails.
 pub async fn run(
     listener: TcpListener,
+    limiter: RateLimiter,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    run_with_http(listener, None, limiter, options, shutdown).await
+}
+
+/// [`run`], plus the HTTP routes of [`crate::api::http`] on `http` when
+/// given. HTTP keeps answering (`/readyz` with 503) until the gRPC drain is
+/// over, so orchestrators see the shutdown.
+///
+/// # Errors
+/// When the server cannot be built or a listener fails.
+pub async fn run_with_http(
+    listener: TcpListener,
+    http: Option<TcpListener>,
     limiter: RateLimiter,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
@@ -91,13 +109,28 @@ pub async fn run(
         health.clone(),
         stop_tasks.clone(),
     ));
+    let http_draining = Arc::new(AtomicBool::new(false));
+    if let Some(http) = http {
+        let app = crate::api::http::router(limiter.clone(), http_draining.clone());
+        let stop = stop_tasks.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(http, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
 
     let draining = CancellationToken::new();
     let signal = {
         let draining = draining.clone();
         let health = health.clone();
+        let http_draining = http_draining.clone();
         async move {
             shutdown.await;
+            http_draining.store(true, Ordering::Release);
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
             health
                 .set_service_status("", ServingStatus::NotServing)

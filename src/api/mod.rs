@@ -3,6 +3,7 @@
 
 pub mod envoy;
 pub mod grpc;
+pub mod http;
 pub mod noop;
 
 use crate::limiter::CheckError;

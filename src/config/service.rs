@@ -75,6 +75,8 @@ impl From<&EnvoyConfig> for EnvoyOptions {
 pub struct ServerConfig {
     /// Where gRPC listens.
     pub grpc_addr: SocketAddr,
+    /// Where HTTP (`/healthz`, `/readyz`) listens; off when unset.
+    pub http_addr: Option<SocketAddr>,
     /// Requests handled at once across all connections; beyond it requests
     /// are refused at once with RESOURCE_EXHAUSTED rather than queued.
     pub max_concurrent_requests: usize,
@@ -90,6 +92,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            http_addr: None,
             max_concurrent_requests: 10_000,
             shutdown_grace_ms: 10_000,
             reload_debounce_ms: 200,
