@@ -16,6 +16,8 @@
 //! - [`request`]: the domain's request and answer types and their validation.
 //! - [`api`]: the edges; [`api::grpc`] serves `tollgate.v1`.
 //! - [`server`]: wiring, health, reflection, load shedding, graceful shutdown.
+//! - [`usage`]: usage metering: events counted once per id, daily
+//!   aggregates, summaries and bills ([`usage::UsageStore`]).
 //! - [`clock`]: wall-clock time behind a trait that tests control.
 //! - [`ring`]: rendezvous hashing of counter keys onto named shards.
 
@@ -31,3 +33,4 @@ pub mod request;
 pub mod ring;
 pub mod server;
 pub mod store;
+pub mod usage;

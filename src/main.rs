@@ -16,6 +16,7 @@ use tollgate::config::{LimitsWatcher, LogFormat, ServiceConfig, limits_files, lo
 use tollgate::limiter::RateLimiter;
 use tollgate::server::{self, ServerOptions};
 use tollgate::store::{CounterStore, MemoryStore, RedisClusterStore, RedisStore};
+use tollgate::usage::{MemoryUsageStore, Usage};
 use tracing_subscriber::EnvFilter;
 
 // Every request allocates (HTTP/2 frames, protobuf messages, counter keys);
@@ -148,6 +149,17 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
     tracing::info!(dir = %limits_dir.display(), domains = ?limits.domain_names(), "limits loaded");
 
     let store = build_store(&config).await?;
+    let (policy, pricing) = config.usage.parts(
+        args.config
+            .config
+            .as_deref()
+            .unwrap_or(Path::new("(defaults)")),
+    )?;
+    let usage = Usage::new(
+        Arc::new(MemoryUsageStore::new(policy.retention_days)),
+        policy,
+        pricing,
+    );
     let store_name = store.name();
     let limiter = RateLimiter::new(limits, store, config.store.failure_mode());
 
@@ -182,6 +194,7 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
         envoy: (&config.envoy).into(),
         noop: args.noop,
+        usage,
     };
     let signal = {
         let shutdown = shutdown.clone();

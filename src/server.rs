@@ -23,6 +23,7 @@ use crate::api::grpc::TollgateService;
 use crate::api::noop::NoopService;
 use crate::api::pb;
 use crate::limiter::RateLimiter;
+use crate::usage::Usage;
 
 type TollgateServer = pb::tollgate::v1::rate_limiter_server::RateLimiterServer<TollgateService>;
 type EnvoyServer =
@@ -46,6 +47,8 @@ pub struct ServerOptions {
     /// Serve the benchmark baseline ([`crate::api::noop`]) instead of the
     /// real services: same stack, no work.
     pub noop: bool,
+    /// Usage metering behind the usage RPCs.
+    pub usage: Usage,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +58,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(10),
             envoy: EnvoyOptions::default(),
             noop: false,
+            usage: Usage::default(),
         }
     }
 }
@@ -158,7 +162,7 @@ pub async fn run_with_http(
             )
     } else {
         router
-            .add_service(TollgateService::new(limiter.clone()).into_server())
+            .add_service(TollgateService::new(limiter.clone(), options.usage).into_server())
             .add_service(EnvoyRlsService::new(limiter, options.envoy).into_server())
     };
     let serve = router

@@ -9,17 +9,19 @@ use crate::algorithm::Charge;
 use crate::limiter::RateLimiter;
 use crate::limits::Unit;
 use crate::request::{CheckRequest, CheckResponse, Code, Descriptor, DescriptorStatus, Entry};
+use crate::usage::{Recorded, TrackOutcome, Usage, UsageCallError, UsageError, UsageEvent};
 
 /// The tollgate.v1 gRPC service.
 #[derive(Debug, Clone)]
 pub struct TollgateService {
     limiter: RateLimiter,
+    usage: Usage,
 }
 
 impl TollgateService {
-    /// The service over `limiter`.
-    pub fn new(limiter: RateLimiter) -> Self {
-        Self { limiter }
+    /// The service over `limiter` and `usage`.
+    pub fn new(limiter: RateLimiter, usage: Usage) -> Self {
+        Self { limiter, usage }
     }
 
     /// The tonic server wrapping this service.
@@ -41,6 +43,149 @@ impl pb::rate_limiter_server::RateLimiter for TollgateService {
             .await
             .map_err(super::check_error_status)?;
         Ok(Response::new(check_response(response)))
+    }
+
+    async fn track_usage(
+        &self,
+        request: Request<pb::TrackUsageRequest>,
+    ) -> Result<Response<pb::TrackUsageResponse>, Status> {
+        let event = usage_event(request.into_inner());
+        let (usage_id, recorded) = self.usage.track(event).await.map_err(usage_status)?;
+        Ok(Response::new(pb::TrackUsageResponse {
+            usage_id,
+            duplicate: recorded == Recorded::Duplicate,
+        }))
+    }
+
+    async fn track_usage_batch(
+        &self,
+        request: Request<pb::TrackUsageBatchRequest>,
+    ) -> Result<Response<pb::TrackUsageBatchResponse>, Status> {
+        use pb::track_usage_batch_response::{Result as Item, result::Status as S};
+        let events = request
+            .into_inner()
+            .events
+            .into_iter()
+            .map(usage_event)
+            .collect();
+        let outcomes = self.usage.track_batch(events).await.map_err(usage_status)?;
+        let results = outcomes
+            .into_iter()
+            .map(|o| match o {
+                TrackOutcome::Recorded { usage_id, status } => Item {
+                    usage_id,
+                    status: match status {
+                        Recorded::Accepted => S::Accepted,
+                        Recorded::Duplicate => S::Duplicate,
+                    } as i32,
+                    reason: String::new(),
+                },
+                TrackOutcome::Rejected { usage_id, reason } => Item {
+                    usage_id,
+                    status: S::Rejected as i32,
+                    reason,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::TrackUsageBatchResponse { results }))
+    }
+
+    async fn get_usage_summary(
+        &self,
+        request: Request<pb::GetUsageSummaryRequest>,
+    ) -> Result<Response<pb::GetUsageSummaryResponse>, Status> {
+        let r = request.into_inner();
+        let (summary, from, to) = self
+            .usage
+            .summary(&r.user_id, r.days)
+            .await
+            .map_err(usage_status)?;
+        let days = (to - from).num_days() + 1;
+        Ok(Response::new(pb::GetUsageSummaryResponse {
+            user_id: r.user_id,
+            period: format!("Last {days} days"),
+            requests: Some(pb::Requests {
+                total: summary.total,
+                by_category: summary.by_category.into_iter().collect(),
+            }),
+            metrics: summary.metrics.into_iter().collect(),
+            daily: summary
+                .daily
+                .into_iter()
+                .map(|d| pb::DailyUsage {
+                    date: d.date.format("%Y-%m-%d").to_string(),
+                    total: d.total(),
+                    by_category: d.by_category.into_iter().collect(),
+                    metrics: d.metrics.into_iter().collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_billing(
+        &self,
+        request: Request<pb::GetBillingRequest>,
+    ) -> Result<Response<pb::GetBillingResponse>, Status> {
+        let r = request.into_inner();
+        let (bill, from, to) = self
+            .usage
+            .bill(&r.user_id, &r.start_date, &r.end_date)
+            .await
+            .map_err(usage_status)?;
+        Ok(Response::new(pb::GetBillingResponse {
+            user_id: r.user_id,
+            start_date: from.format("%Y-%m-%d").to_string(),
+            end_date: to.format("%Y-%m-%d").to_string(),
+            tier: bill.tier,
+            usage: Some(pb::BillingUsage {
+                requests: Some(pb::Requests {
+                    total: bill.requests,
+                    by_category: bill.by_category.into_iter().collect(),
+                }),
+                compute_units: bill.compute_units,
+                tokens: bill.tokens,
+                storage_bytes: bill.storage_bytes,
+            }),
+            charges: Some(pb::Charges {
+                base_fee: bill.base_fee.to_string(),
+                compute_charges: bill.compute_charges.to_string(),
+                token_charges: bill.token_charges.to_string(),
+                storage_charges: bill.storage_charges.to_string(),
+                total: bill.total.to_string(),
+                currency: bill.currency,
+            }),
+        }))
+    }
+}
+
+fn usage_event(r: pb::TrackUsageRequest) -> UsageEvent {
+    UsageEvent {
+        usage_id: r.usage_id,
+        user_id: r.user_id,
+        tier: r.tier,
+        category: r.category,
+        operation: r.operation,
+        endpoint: r.endpoint,
+        timestamp_micros: r.timestamp.map_or(0, |t| {
+            t.seconds
+                .saturating_mul(1_000_000)
+                .saturating_add(i64::from(t.nanos / 1_000))
+        }),
+        duration_ms: r.duration_ms,
+        status_code: r.status_code,
+        success: r.success,
+        request_ip: r.request_ip,
+        metrics: r.metrics.into_iter().collect(),
+    }
+}
+
+/// Usage errors → gRPC: bad input names its field; a store that cannot take
+/// the event now is UNAVAILABLE or RESOURCE_EXHAUSTED (retry with the same id).
+fn usage_status(e: UsageCallError) -> Status {
+    match e {
+        UsageCallError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        UsageCallError::Store(UsageError::Unavailable(m)) => Status::unavailable(m),
+        UsageCallError::Store(UsageError::Busy(m)) => Status::resource_exhausted(m),
     }
 }
 

@@ -31,6 +31,48 @@ impl pb::rate_limiter_server::RateLimiter for NoopService {
             failed_open: false,
         }))
     }
+
+    async fn track_usage(
+        &self,
+        request: Request<pb::TrackUsageRequest>,
+    ) -> Result<Response<pb::TrackUsageResponse>, Status> {
+        Ok(Response::new(pb::TrackUsageResponse {
+            usage_id: request.into_inner().usage_id,
+            duplicate: false,
+        }))
+    }
+
+    async fn track_usage_batch(
+        &self,
+        request: Request<pb::TrackUsageBatchRequest>,
+    ) -> Result<Response<pb::TrackUsageBatchResponse>, Status> {
+        use pb::track_usage_batch_response::{Result as Item, result::Status as S};
+        let results = request
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| Item {
+                usage_id: e.usage_id,
+                status: S::Accepted as i32,
+                reason: String::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::TrackUsageBatchResponse { results }))
+    }
+
+    async fn get_usage_summary(
+        &self,
+        _: Request<pb::GetUsageSummaryRequest>,
+    ) -> Result<Response<pb::GetUsageSummaryResponse>, Status> {
+        Ok(Response::new(pb::GetUsageSummaryResponse::default()))
+    }
+
+    async fn get_billing(
+        &self,
+        _: Request<pb::GetBillingRequest>,
+    ) -> Result<Response<pb::GetBillingResponse>, Status> {
+        Ok(Response::new(pb::GetBillingResponse::default()))
+    }
 }
 
 #[tonic::async_trait]

@@ -2,6 +2,7 @@
 //! settings. Every setting has a default, so the file is optional; command-line
 //! flags and `TOLLGATE_*` variables override it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -12,6 +13,8 @@ use super::yaml::from_str;
 use crate::api::envoy::{EnvoyOptions, HeaderNames};
 use crate::limiter::FailureMode;
 use crate::store::SecretUrl;
+use crate::usage::{Pricing, TierPrices, UsagePolicy};
+use rust_decimal::Decimal;
 
 /// The whole service config.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -20,7 +23,105 @@ pub struct ServiceConfig {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub envoy: EnvoyConfig,
+    pub usage: UsageConfig,
     pub log: LogConfig,
+}
+
+/// Usage metering: bounds on events and the pricing table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How far in the future an event's timestamp may be.
+    pub max_future_skew_ms: u64,
+    /// How long usage (and the ids that make retries idempotent) is kept.
+    pub retention_days: u32,
+    /// ISO 4217 code the prices are in.
+    pub currency: String,
+    /// Prices by tier, as decimal strings ("0.002"); events name their tier,
+    /// and unknown tiers are billed as `basic`.
+    pub pricing: BTreeMap<String, TierPricesConfig>,
+}
+
+/// Unit prices of one tier, as decimal strings so they stay exact.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierPricesConfig {
+    pub base_fee: String,
+    pub per_compute_unit: String,
+    pub per_1k_tokens: String,
+    pub per_gb_storage: String,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        let policy = UsagePolicy::default();
+        let pricing = Pricing::default();
+        Self {
+            max_future_skew_ms: u64::try_from(policy.max_future_skew.as_millis())
+                .unwrap_or(u64::MAX),
+            retention_days: policy.retention_days,
+            currency: pricing.currency,
+            pricing: pricing
+                .tiers
+                .into_iter()
+                .map(|(tier, p)| {
+                    (
+                        tier,
+                        TierPricesConfig {
+                            base_fee: p.base_fee.to_string(),
+                            per_compute_unit: p.per_compute_unit.to_string(),
+                            per_1k_tokens: p.per_1k_tokens.to_string(),
+                            per_gb_storage: p.per_gb_storage.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl UsageConfig {
+    /// The policy and pricing this config describes.
+    ///
+    /// # Errors
+    /// A price that is not a non-negative decimal number, naming it.
+    pub fn parts(&self, path: &Path) -> Result<(UsagePolicy, Pricing), ConfigError> {
+        let mut tiers = BTreeMap::new();
+        for (tier, p) in &self.pricing {
+            let price = |field: &str, text: &str| {
+                let value = if text.is_empty() { "0" } else { text };
+                match value.parse::<Decimal>() {
+                    Ok(d) if !d.is_sign_negative() => Ok(d),
+                    _ => Err(ConfigError::new(
+                        path,
+                        None,
+                        format!(
+                            "usage.pricing.{tier}.{field}: '{text}' is not a price (a decimal >= 0)"
+                        ),
+                    )),
+                }
+            };
+            tiers.insert(
+                tier.clone(),
+                TierPrices {
+                    base_fee: price("base_fee", &p.base_fee)?,
+                    per_compute_unit: price("per_compute_unit", &p.per_compute_unit)?,
+                    per_1k_tokens: price("per_1k_tokens", &p.per_1k_tokens)?,
+                    per_gb_storage: price("per_gb_storage", &p.per_gb_storage)?,
+                },
+            );
+        }
+        Ok((
+            UsagePolicy {
+                max_future_skew: std::time::Duration::from_millis(self.max_future_skew_ms),
+                retention_days: self.retention_days,
+            },
+            Pricing {
+                currency: self.currency.clone(),
+                tiers,
+            },
+        ))
+    }
 }
 
 /// How `ShouldRateLimit` (the Envoy API) answers.
@@ -309,6 +410,14 @@ impl ServiceConfig {
                 ));
             }
         }
+        config.usage.parts(path)?;
+        if config.usage.retention_days == 0 {
+            return Err(ConfigError::new(
+                path,
+                None,
+                "usage.retention_days must be at least 1",
+            ));
+        }
         if config.store.memory.max_keys == 0 {
             return Err(ConfigError::new(
                 path,
@@ -323,6 +432,25 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pricing_is_read_exactly_and_bad_prices_are_named() {
+        let p = Path::new("tollgate.yaml");
+        let c = ServiceConfig::parse(
+            p,
+            "usage:\n  pricing:\n    gold: { base_fee: \"99.99\", per_1k_tokens: \"0.0015\" }\n",
+        )
+        .unwrap_or_default();
+        let (_, pricing) = c.usage.parts(p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(pricing.tiers["gold"].base_fee.to_string(), "99.99");
+        assert_eq!(pricing.tiers["gold"].per_1k_tokens.to_string(), "0.0015");
+        let e = ServiceConfig::parse(p, "usage:\n  pricing:\n    gold: { base_fee: \"ten\" }\n")
+            .map_err(|e| e.problem);
+        assert_eq!(
+            e,
+            Err("usage.pricing.gold.base_fee: 'ten' is not a price (a decimal >= 0)".to_string())
+        );
+    }
 
     #[test]
     fn redis_shards_and_their_checks() {

@@ -150,6 +150,11 @@ impl ServerBuilder {
         self
     }
 
+    pub fn usage(mut self, usage: tollgate::usage::Usage) -> Self {
+        self.options.usage = usage;
+        self
+    }
+
     pub fn failure_mode(mut self, mode: FailureMode) -> Self {
         self.failure_mode = mode;
         self

@@ -1,0 +1,20 @@
+//! Usage metering: every unit a user consumed, counted exactly once per
+//! `usage_id`, summarised per UTC day and category, and priced into a bill.
+//!
+//! - [`event`]: the event model and its validation;
+//! - [`store`]: the [`UsageStore`] trait (record idempotently, read daily
+//!   aggregates) and [`MemoryUsageStore`], the embedded default;
+//! - [`report`]: summaries and billing (exact money, half-even cents);
+//! - [`service`]: [`Usage`], the handle the API edges call.
+//!
+//! Knows nothing of gRPC or HTTP.
+
+pub mod event;
+pub mod report;
+pub mod service;
+pub mod store;
+
+pub use event::{UsageEvent, UsagePolicy};
+pub use report::{Bill, Pricing, TierPrices, UsageSummary};
+pub use service::{TrackOutcome, Usage, UsageCallError};
+pub use store::{DayUsage, MemoryUsageStore, Recorded, UsageError, UsageStore};
