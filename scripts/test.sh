@@ -14,5 +14,6 @@ cargo test --locked
 # Envoy compatibility, through Envoy's official generated stubs (xds-protos)
 # against the real binary.
 cargo build --locked --bin tollgate
+export TOLLGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/tollgate"
 scripts/python-env.sh
 .venv/bin/python -m pytest -q tests/envoy

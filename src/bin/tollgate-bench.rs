@@ -64,6 +64,9 @@ struct Args {
     /// A label for the output (e.g. `memory`, `redis-3`).
     #[arg(long, default_value = "")]
     label: String,
+    /// Events per TrackUsageBatch call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -78,6 +81,10 @@ enum Api {
     Check,
     /// envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
     Envoy,
+    /// tollgate.v1.RateLimiter/TrackUsage: one event per call, a fresh id each
+    Track,
+    /// tollgate.v1.RateLimiter/TrackUsageBatch: `--batch` events per call
+    TrackBatch,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +152,19 @@ impl KeySource {
     }
 }
 
+/// Fresh usage ids: `run-worker-n`.
+struct IdSource {
+    prefix: String,
+    next: u64,
+}
+
+impl IdSource {
+    fn next(&mut self) -> String {
+        self.next += 1;
+        format!("{}-{}", self.prefix, self.next)
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     ok: AtomicU64,
@@ -161,8 +181,48 @@ enum Outcome {
     Error,
 }
 
-async fn call(api: Api, channel: &Channel, domain: &str, key: &str, value: String) -> Outcome {
+/// Unique ids across workers and runs: worker, a per-run nonce, a counter.
+fn usage_event(user: String, id: String) -> pb::TrackUsageRequest {
+    pb::TrackUsageRequest {
+        usage_id: id,
+        user_id: user,
+        category: "bench".into(),
+        success: true,
+        metrics: [("tokens".to_string(), 100.0)].into(),
+        ..Default::default()
+    }
+}
+
+async fn call(
+    api: Api,
+    channel: &Channel,
+    domain: &str,
+    key: &str,
+    value: String,
+    ids: &mut IdSource,
+    batch: usize,
+) -> Outcome {
     match api {
+        Api::Track => {
+            let mut client = pb::rate_limiter_client::RateLimiterClient::new(channel.clone());
+            match client.track_usage(usage_event(value, ids.next())).await {
+                Ok(_) => Outcome::Ok,
+                Err(_) => Outcome::Error,
+            }
+        }
+        Api::TrackBatch => {
+            let mut client = pb::rate_limiter_client::RateLimiterClient::new(channel.clone());
+            let events = (0..batch.max(1))
+                .map(|_| usage_event(value.clone(), ids.next()))
+                .collect();
+            match client
+                .track_usage_batch(pb::TrackUsageBatchRequest { events })
+                .await
+            {
+                Ok(_) => Outcome::Ok,
+                Err(_) => Outcome::Error,
+            }
+        }
         Api::Check => {
             let mut client = pb::rate_limiter_client::RateLimiterClient::new(channel.clone());
             let request = pb::CheckRateLimitRequest {
@@ -238,6 +298,9 @@ async fn run(args: &Args) -> Result<Report, String> {
     let counts = Arc::new(Counts::default());
     let sent = Arc::new(AtomicU64::new(0));
     let workers = channels.len() * args.in_flight.max(1);
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
     // With --rate, each worker paces itself to its share of the rate.
     let pace = (args.rate > 0).then(|| Duration::from_secs_f64(workers as f64 / args.rate as f64));
 
@@ -253,6 +316,11 @@ async fn run(args: &Args) -> Result<Report, String> {
             args.requests,
         );
         let mut keys = KeySource::new(args.keys, w as u64)?;
+        let mut ids = IdSource {
+            prefix: format!("bench-{run}-{w}"),
+            next: 0,
+        };
+        let batch = args.batch;
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let mut next = Instant::now();
@@ -266,7 +334,8 @@ async fn run(args: &Args) -> Result<Report, String> {
                     break;
                 }
                 let start = Instant::now();
-                let outcome = call(api, &channel, &domain, &key, keys.next()).await;
+                let outcome =
+                    call(api, &channel, &domain, &key, keys.next(), &mut ids, batch).await;
                 counts.all.fetch_add(1, Ordering::Relaxed);
                 if !measuring {
                     continue;
@@ -351,7 +420,16 @@ fn main() -> ExitCode {
     let api = match args.api {
         Api::Check => "check",
         Api::Envoy => "envoy",
+        Api::Track => "track",
+        Api::TrackBatch => "track-batch",
     };
+    // Events per second, for the usage APIs.
+    let events_per_call = if args.api == Api::TrackBatch {
+        args.batch.max(1)
+    } else {
+        1
+    };
+    let eps = rps * events_per_call as f64;
     if args.json {
         let json = serde_json::json!({
             "label": args.label,
@@ -367,6 +445,7 @@ fn main() -> ExitCode {
             "over_limit": report.over,
             "errors": report.errors,
             "rps": rps,
+            "events_per_second": eps,
             "p50_us": p(0.5),
             "p90_us": p(0.9),
             "p99_us": p(0.99),
@@ -384,6 +463,9 @@ fn main() -> ExitCode {
             report.over,
             report.errors
         );
+        if matches!(args.api, Api::Track | Api::TrackBatch) {
+            println!("{eps:.0} usage events/s");
+        }
         println!(
             "latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             p(0.5),
