@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Redis tests start their own redis-server processes on ephemeral ports.
+# The Redis and PostgreSQL tests start their own servers on ephemeral ports.
 scripts/ensure-redis.sh
+scripts/ensure-postgres.sh
 
 # Rust: unit tests, integration tests (real servers on 127.0.0.1:0), doc tests.
 cargo test --locked

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tollgate::config::{LimitsWatcher, LogFormat, ServiceConfig, limits_files, load_limits_dir};
 use tollgate::limiter::RateLimiter;
 use tollgate::server::{self, ServerOptions};
-use tollgate::store::{CounterStore, MemoryStore, RedisClusterStore, RedisStore};
-use tollgate::usage::{MemoryUsageStore, Usage};
+use tollgate::store::{CounterStore, MemoryStore, RedisClusterStore, RedisStore, SecretUrl};
+use tollgate::usage::{MemoryUsageStore, PostgresUsageStore, Usage, UsageStore};
 use tracing_subscriber::EnvFilter;
 
 // Every request allocates (HTTP/2 frames, protobuf messages, counter keys);
@@ -60,6 +60,9 @@ struct ServeArgs {
     /// HTTP listen address for /healthz and /readyz [default: none, or server.http_addr in the config].
     #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// PostgreSQL URL for durable usage [default: usage.postgres_url in the config, else in memory].
+    #[arg(long, env = "TOLLGATE_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
     /// Log format [default: text, or log.format in the config].
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -155,11 +158,16 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
             .as_deref()
             .unwrap_or(Path::new("(defaults)")),
     )?;
-    let usage = Usage::new(
-        Arc::new(MemoryUsageStore::new(policy.retention_days)),
-        policy,
-        pricing,
-    );
+    let postgres = args
+        .postgres_url
+        .clone()
+        .map(SecretUrl::new)
+        .or(config.usage.postgres_url.clone());
+    let usage_store: Arc<dyn UsageStore> = match postgres {
+        Some(url) => Arc::new(PostgresUsageStore::connect(url).await?),
+        None => Arc::new(MemoryUsageStore::new(policy.retention_days)),
+    };
+    let usage = Usage::new(usage_store, policy, pricing);
     let store_name = store.name();
     let limiter = RateLimiter::new(limits, store, config.store.failure_mode());
 

@@ -40,6 +40,9 @@ pub struct UsageConfig {
     /// Prices by tier, as decimal strings ("0.002"); events name their tier,
     /// and unknown tiers are billed as `basic`.
     pub pricing: BTreeMap<String, TierPricesConfig>,
+    /// Store usage durably in PostgreSQL (`TOLLGATE_POSTGRES_URL` overrides);
+    /// without it usage is kept in memory.
+    pub postgres_url: Option<SecretUrl>,
 }
 
 /// Unit prices of one tier, as decimal strings so they stay exact.
@@ -76,6 +79,7 @@ impl Default for UsageConfig {
                     )
                 })
                 .collect(),
+            postgres_url: None,
         }
     }
 }

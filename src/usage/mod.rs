@@ -4,17 +4,20 @@
 //! - [`event`]: the event model and its validation;
 //! - [`store`]: the [`UsageStore`] trait (record idempotently, read daily
 //!   aggregates) and [`MemoryUsageStore`], the embedded default;
+//! - [`postgres`]: [`PostgresUsageStore`], durable, with group commit;
 //! - [`report`]: summaries and billing (exact money, half-even cents);
 //! - [`service`]: [`Usage`], the handle the API edges call.
 //!
 //! Knows nothing of gRPC or HTTP.
 
 pub mod event;
+pub mod postgres;
 pub mod report;
 pub mod service;
 pub mod store;
 
 pub use event::{UsageEvent, UsagePolicy};
+pub use postgres::PostgresUsageStore;
 pub use report::{Bill, Pricing, TierPrices, UsageSummary};
 pub use service::{TrackOutcome, Usage, UsageCallError};
 pub use store::{DayUsage, MemoryUsageStore, Recorded, UsageError, UsageStore};

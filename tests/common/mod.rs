@@ -3,6 +3,7 @@
 //! stopped when its handle drops, also when a test fails.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod redis;
 
 use std::net::SocketAddr;
