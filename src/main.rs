@@ -12,11 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tollgate::config::{LimitsWatcher, LogFormat, ServiceConfig, limits_files, load_limits_dir};
+use tollgate::config::{
+    LimitsWatcher, LogFormat, ServiceConfig, UsageBackend, limits_files, load_limits_dir,
+};
 use tollgate::limiter::RateLimiter;
 use tollgate::server::{self, ServerOptions};
 use tollgate::store::{CounterStore, MemoryStore, RedisClusterStore, RedisStore, SecretUrl};
-use tollgate::usage::{MemoryUsageStore, PostgresUsageStore, Usage, UsageStore};
+use tollgate::usage::{MemoryUsageStore, PostgresUsageStore, RedisUsageStore, Usage, UsageStore};
 use tracing_subscriber::EnvFilter;
 
 // Every request allocates (HTTP/2 frames, protobuf messages, counter keys);
@@ -163,10 +165,34 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         .clone()
         .map(SecretUrl::new)
         .or(config.usage.postgres_url.clone());
-    let usage_store: Arc<dyn UsageStore> = match postgres {
-        Some(url) => Arc::new(PostgresUsageStore::connect(url).await?),
-        None => Arc::new(MemoryUsageStore::new(policy.retention_days)),
+    let backend = config.usage.store.unwrap_or(if postgres.is_some() {
+        UsageBackend::Postgres
+    } else {
+        UsageBackend::Memory
+    });
+    let usage_store: Arc<dyn UsageStore> = match (backend, postgres) {
+        (UsageBackend::Postgres, Some(url)) => Arc::new(PostgresUsageStore::connect(url).await?),
+        (UsageBackend::Postgres, None) => {
+            anyhow::bail!(
+                "usage.store is postgres but no usage.postgres_url or TOLLGATE_POSTGRES_URL is set"
+            )
+        }
+        (UsageBackend::Redis, _) => {
+            let redis = config.store.redis.clone().unwrap_or_default();
+            let shards = redis
+                .shards
+                .iter()
+                .map(|s| (s.name.clone(), s.url.clone()))
+                .collect();
+            Arc::new(RedisUsageStore::new(
+                shards,
+                Duration::from_millis(redis.timeout_ms),
+                policy.retention_days,
+            )?)
+        }
+        (UsageBackend::Memory, _) => Arc::new(MemoryUsageStore::new(policy.retention_days)),
     };
+    tracing::info!(usage_store = usage_store.name(), "usage metering ready");
     let usage = Usage::new(usage_store, policy, pricing);
     let store_name = store.name();
     let limiter = RateLimiter::new(limits, store, config.store.failure_mode());

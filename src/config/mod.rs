@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use limits_file::parse_limits_file;
 pub use reload::{LimitsWatcher, ReloadStatus};
-pub use service::{LogFormat, ServiceConfig};
+pub use service::{LogFormat, ServiceConfig, UsageBackend};
 
 use crate::limits::Limits;
 

@@ -43,6 +43,18 @@ pub struct UsageConfig {
     /// Store usage durably in PostgreSQL (`TOLLGATE_POSTGRES_URL` overrides);
     /// without it usage is kept in memory.
     pub postgres_url: Option<SecretUrl>,
+    /// Where usage lives: `memory`, `postgres` (the default when
+    /// `postgres_url` is set) or `redis` (the `store.redis.shards`).
+    pub store: Option<UsageBackend>,
+}
+
+/// Where usage lives.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageBackend {
+    Memory,
+    Postgres,
+    Redis,
 }
 
 /// Unit prices of one tier, as decimal strings so they stay exact.
@@ -80,6 +92,7 @@ impl Default for UsageConfig {
                 })
                 .collect(),
             postgres_url: None,
+            store: None,
         }
     }
 }
@@ -415,6 +428,25 @@ impl ServiceConfig {
             }
         }
         config.usage.parts(path)?;
+        match config.usage.store {
+            Some(UsageBackend::Postgres) if config.usage.postgres_url.is_none() => {
+                // TOLLGATE_POSTGRES_URL may still supply it; checked at start.
+            }
+            Some(UsageBackend::Redis)
+                if config
+                    .store
+                    .redis
+                    .as_ref()
+                    .is_none_or(|r| r.shards.is_empty()) =>
+            {
+                return Err(ConfigError::new(
+                    path,
+                    None,
+                    "usage.store: redis needs store.redis.shards (usage is routed by user over the same shards)",
+                ));
+            }
+            _ => {}
+        }
         if config.usage.retention_days == 0 {
             return Err(ConfigError::new(
                 path,

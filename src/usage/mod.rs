@@ -5,6 +5,7 @@
 //! - [`store`]: the [`UsageStore`] trait (record idempotently, read daily
 //!   aggregates) and [`MemoryUsageStore`], the embedded default;
 //! - [`postgres`]: [`PostgresUsageStore`], durable, with group commit;
+//! - [`redis`]: [`RedisUsageStore`], daily counters on the Redis shards;
 //! - [`report`]: summaries and billing (exact money, half-even cents);
 //! - [`service`]: [`Usage`], the handle the API edges call.
 //!
@@ -12,12 +13,14 @@
 
 pub mod event;
 pub mod postgres;
+pub mod redis;
 pub mod report;
 pub mod service;
 pub mod store;
 
 pub use event::{UsageEvent, UsagePolicy};
 pub use postgres::PostgresUsageStore;
+pub use redis::RedisUsageStore;
 pub use report::{Bill, Pricing, TierPrices, UsageSummary};
 pub use service::{TrackOutcome, Usage, UsageCallError};
 pub use store::{DayUsage, MemoryUsageStore, Recorded, UsageError, UsageStore};
