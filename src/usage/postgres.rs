@@ -11,7 +11,7 @@
 //! ever half-written. A full queue answers [`UsageError::Busy`] at once; a
 //! database that does not answer, [`UsageError::Unavailable`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,8 @@ use crate::store::{SecretUrl, StoreFuture};
 pub const QUEUE_EVENTS: usize = 100_000;
 /// Most events in one transaction.
 const MAX_GROUP: usize = 5_000;
+/// Transactions committing at once.
+const WRITERS: usize = 2;
 /// How long one transaction or query may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,7 +95,19 @@ impl PostgresUsageStore {
         tracing::info!(url = %url, "postgres usage store ready");
         let (jobs, receiver) = mpsc::channel(QUEUE_EVENTS);
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tokio::spawn(writer(url.clone(), Some(client), receiver, queued.clone()));
+        // Writers share one queue; each has its own connection, so groups
+        // commit in parallel on the database's cores. Row locks are taken in
+        // key order in every transaction, so two writers never deadlock.
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut first = Some(client);
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(
+                url.clone(),
+                first.take(),
+                receiver.clone(),
+                queued.clone(),
+            ));
+        }
         Ok(Self {
             reader: Mutex::new(connect(&url).await.ok()),
             url,
@@ -226,21 +240,30 @@ impl UsageStore for PostgresUsageStore {
 async fn writer(
     url: SecretUrl,
     mut client: Option<Client>,
-    mut jobs: mpsc::Receiver<Job>,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    while let Some(first) = jobs.recv().await {
-        let mut group = vec![first];
-        let mut events = group[0].events.len();
-        while events < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    events += job.events.len();
-                    group.push(job);
+    loop {
+        // Take a group under the queue lock, then release it for the other
+        // writer while this one commits.
+        let (group, events) = {
+            let mut jobs = jobs.lock().await;
+            let Some(first) = jobs.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            let mut events = group[0].events.len();
+            while events < MAX_GROUP {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        events += job.events.len();
+                        group.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
+            (group, events)
+        };
         let result = commit_group(&url, &mut client, &group).await;
         queued.fetch_sub(events, std::sync::atomic::Ordering::AcqRel);
         match result {
@@ -292,7 +315,8 @@ async fn transaction(
     let tx = client.transaction().await?;
 
     // Users and their latest tier.
-    let mut users: HashMap<&str, (&UsageEvent, i64)> = HashMap::new();
+    // Sorted, like every upsert below: locks in key order, no deadlocks.
+    let mut users: BTreeMap<&str, (&UsageEvent, i64)> = BTreeMap::new();
     for e in events {
         let entry = users
             .entry(e.user_id.as_str())
@@ -312,7 +336,13 @@ async fn transaction(
     )
     .await?;
 
-    // The events: new ids only; the rest are duplicates.
+    // The events: new ids only; the rest are duplicates. Inserted in id
+    // order, so two writers inserting the same ids lock them in the same
+    // order (no deadlock).
+    let mut sorted: Vec<&UsageEvent> = events.to_vec();
+    sorted.sort_by(|a, b| a.usage_id.cmp(&b.usage_id));
+    let events_in_order = events;
+    let events = &sorted[..];
     let col = |f: fn(&UsageEvent) -> &str| events.iter().map(|e| f(e)).collect::<Vec<&str>>();
     let usage_ids = col(|e| &e.usage_id);
     let user_ids = col(|e| &e.user_id);
@@ -359,7 +389,7 @@ async fn transaction(
     // Which events count: the first of each new id (a batch may repeat an id).
     let mut results = Vec::with_capacity(events.len());
     let mut counted: Vec<&UsageEvent> = Vec::new();
-    for e in events {
+    for e in events_in_order {
         if new_ids.remove(&e.usage_id) {
             results.push(Recorded::Accepted);
             counted.push(e);
@@ -400,7 +430,7 @@ async fn transaction(
         tx.execute(
             "INSERT INTO usage_metrics (usage_id, metric_name, metric_value) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::float8[]) \
-             ON CONFLICT (usage_id, metric_name) DO UPDATE SET metric_value = EXCLUDED.metric_value",
+             ON CONFLICT (usage_id, metric_name) DO NOTHING",
             &[&metric_ids, &metric_names, &metric_values],
         )
         .await?;
