@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -15,16 +13,6 @@ use tollgate::api::pb::tollgate::v1 as pb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const GOOD: &str = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: minute, requests_per_unit: 1000000 }\n";
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn validate_accepts_a_good_directory() {
@@ -113,42 +101,10 @@ fn serve_refuses_to_start_on_invalid_limits() {
     );
 }
 
-/// Starts `tollgate serve` on an ephemeral port and returns it with its address,
-/// read from its "listening" log line.
-fn spawn_server(dir: &LimitsDir) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--limits"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tollgate serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let guard = ChildGuard(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("tollgate exited before listening")
-            .expect("read stderr");
-        if let Some(rest) = line.split("grpc_addr=").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap_or_default();
-            break addr
-                .parse::<SocketAddr>()
-                .expect("address in the listening line");
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (guard, addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let dir = LimitsDir::with_file("d.yaml", GOOD);
-    let (mut guard, addr) = spawn_server(&dir);
+    let (mut guard, addr) = spawn_tollgate(&dir, &[]);
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .expect("url")
         .connect()

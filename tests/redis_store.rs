@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +17,6 @@ use tollgate::store::{RedisClusterStore, RedisStore, SecretUrl};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
 const LIMITS: &str = r#"
 domain: r
 descriptors:
@@ -31,46 +28,9 @@ descriptors:
     rate_limit: { unit: hour, requests_per_unit: 1000000 }
 "#;
 
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `tollgate serve` with `config` and returns it with its address.
-fn spawn_tollgate(limits: &LimitsDir, config: &std::path::Path) -> (ChildGuard, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--limits"])
-        .arg(limits.path())
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tollgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let guard = ChildGuard(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("tollgate exited before listening")
-            .expect("stderr");
-        if let Some(rest) = line.split("grpc_addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+/// Starts `tollgate serve` with `config` and returns it with its URL.
+fn spawn_with_config(limits: &LimitsDir, config: &std::path::Path) -> (ChildGuard, String) {
+    let (guard, addr) = spawn_tollgate(limits, &["--config".as_ref(), config.as_os_str()]);
     (guard, format!("http://{addr}"))
 }
 
@@ -137,8 +97,8 @@ async fn two_tollgate_processes_on_three_shards_count_exactly() {
     let limits = LimitsDir::with_file("r.yaml", LIMITS);
     let config = limits.dir.path().join("tollgate-config.yml.conf");
     std::fs::write(&config, shards_config(&servers)).expect("write config");
-    let (_a, url_a) = spawn_tollgate(&limits, &config);
-    let (_b, url_b) = spawn_tollgate(&limits, &config);
+    let (_a, url_a) = spawn_with_config(&limits, &config);
+    let (_b, url_b) = spawn_with_config(&limits, &config);
     let urls = vec![url_a, url_b];
 
     stay_inside_one_minute().await;

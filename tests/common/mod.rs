@@ -286,3 +286,49 @@ impl CounterStore for GatedStore {
 pub fn system_now_micros() -> u64 {
     SystemClock.now_micros()
 }
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the real `tollgate serve` binary on 127.0.0.1:0 with the limits in
+/// `limits` and `extra` flags, and returns it with the gRPC address read from
+/// its "listening" log line.
+pub fn spawn_tollgate(limits: &LimitsDir, extra: &[&std::ffi::OsStr]) -> (ChildGuard, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--limits"])
+        .arg(limits.path())
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tollgate serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let guard = ChildGuard(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("tollgate exited before listening")
+            .expect("read stderr");
+        if let Some(rest) = line.split("grpc_addr=").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            break addr
+                .parse::<SocketAddr>()
+                .expect("address in the listening line");
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (guard, addr)
+}
