@@ -8,6 +8,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -430,6 +431,8 @@ fn main() -> ExitCode {
         1
     };
     let eps = rps * events_per_call as f64;
+    // A closed stdout (`| head`) is not an error worth a panic.
+    let mut out = std::io::stdout().lock();
     if args.json {
         let json = serde_json::json!({
             "label": args.label,
@@ -451,9 +454,10 @@ fn main() -> ExitCode {
             "p99_us": p(0.99),
             "p999_us": p(0.999),
         });
-        println!("{json}");
+        let _ = writeln!(out, "{json}");
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "{} {api} {:?}: {} requests in {:.2}s = {rps:.0} req/s (ok {}, over_limit {}, errors {})",
             args.label,
             args.keys,
@@ -464,9 +468,10 @@ fn main() -> ExitCode {
             report.errors
         );
         if matches!(args.api, Api::Track | Api::TrackBatch) {
-            println!("{eps:.0} usage events/s");
+            let _ = writeln!(out, "{eps:.0} usage events/s");
         }
-        println!(
+        let _ = writeln!(
+            out,
             "latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             p(0.5),
             p(0.9),
