@@ -4,6 +4,8 @@
 
 #[path = "common/postgres.rs"]
 mod postgres;
+#[path = "common/process.rs"]
+mod process;
 
 use std::net::TcpStream;
 use std::path::PathBuf;

@@ -2,6 +2,8 @@
 //! servers on distinct loopback ports, kill and restart, clean-up on panic, a
 //! Redis Cluster with replicas, and a manual failover.
 
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/redis.rs"]
 mod redis;
 

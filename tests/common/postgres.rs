@@ -22,17 +22,17 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use super::process::{drain_output, free_port};
 
 const INSTALL_HINT: &str = "run scripts/ensure-postgres.sh (or apt-get install postgresql)";
 /// The superuser `initdb` creates; every connection uses it.
@@ -195,7 +195,7 @@ impl Postgres {
         };
         let stderr = child.stderr.take().expect("piped stderr");
         self.tail.lock().unwrap().clear();
-        let (lines, closed, drain) = drain_output(stderr, Arc::clone(&self.tail));
+        let (lines, closed, drain) = drain_output(stderr, Arc::clone(&self.tail), LOG_TAIL);
         self.child = Some(child);
         self.drain = Some(drain);
         self.closed = Some(closed);
@@ -600,14 +600,6 @@ fn run_output(program: &str, output: std::io::Result<Output>) -> Output {
     }
 }
 
-/// A port that was free on 127.0.0.1 a moment ago. The listener is dropped
-/// before the server binds, so another process may take the port in between;
-/// starting retries with a new one when that happens.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// Sends `SIG` to `pids` with the shell's `kill` (no libc here: unsafe code
 /// is forbidden). Errors (a process already gone) are ignored.
 fn signal(sig: &str, pids: &[u32]) {
@@ -638,39 +630,4 @@ fn children_of(pid: u32) -> Vec<u32> {
             (ppid == pid && state != "Z").then_some(child)
         })
         .collect()
-}
-
-/// Reads the server's stderr until it closes, keeping the last lines in
-/// `tail` and forwarding each line to the first receiver until it drops. The
-/// second receiver disconnects when stderr has closed.
-fn drain_output(
-    stderr: ChildStderr,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) -> (mpsc::Receiver<String>, mpsc::Receiver<()>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel();
-    let (closed_tx, closed_rx) = mpsc::channel::<()>();
-    let handle = thread::spawn(move || {
-        let _closed = closed_tx;
-        let mut tx = Some(tx);
-        let mut stderr = BufReader::new(stderr);
-        let mut buf = Vec::new();
-        // Bytes, not `lines()`: a line that is not UTF-8 must not end the
-        // reading, or the server would look gone.
-        while matches!(stderr.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-            let line = String::from_utf8_lossy(&buf)
-                .trim_end_matches('\n')
-                .to_string();
-            buf.clear();
-            // No let-chain: the crate's MSRV is 1.85.
-            if tx.as_ref().is_some_and(|s| s.send(line.clone()).is_err()) {
-                tx = None;
-            }
-            let mut tail = tail.lock().unwrap();
-            if tail.len() == LOG_TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-    });
-    (rx, closed_rx, handle)
 }

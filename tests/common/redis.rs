@@ -13,15 +13,15 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use super::process::{drain_output, free_port};
 
 const INSTALL_HINT: &str =
     "run scripts/ensure-redis.sh (or apt-get install redis-server redis-tools)";
@@ -142,7 +142,7 @@ impl RedisServer {
         };
         let stdout = child.stdout.take().expect("piped stdout");
         self.tail.lock().unwrap().clear();
-        let (lines, drain) = drain_output(stdout, Arc::clone(&self.tail));
+        let (lines, _closed, drain) = drain_output(stdout, Arc::clone(&self.tail), LOG_TAIL);
 
         // The server says when it listens; wait for that line, not a sleep.
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -262,39 +262,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port that was free on 127.0.0.1 a moment ago. The listener is dropped
-/// before the server binds, so another process may take the port in between;
-/// starting retries with a new one when that happens.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Reads the server's stdout until it closes, keeping the last lines in
-/// `tail` and forwarding each line to the returned receiver until it drops.
-fn drain_output(
-    stdout: ChildStdout,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) -> (mpsc::Receiver<String>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // No let-chain: the crate's MSRV is 1.85.
-            if tx.as_ref().is_some_and(|s| s.send(line.clone()).is_err()) {
-                tx = None;
-            }
-            let mut tail = tail.lock().unwrap();
-            if tail.len() == LOG_TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-    });
-    (rx, handle)
 }
 
 fn read_stderr(path: &std::path::Path) -> String {
