@@ -71,7 +71,7 @@ done
 # Starts a server with the given extra flags; prints its gRPC URL.
 start_tollgate() {
     local log="$work/tollgate-$RANDOM.log"
-    RUST_LOG=warn,tollgate=info "$bin/tollgate" serve --limits "$work/limits" --grpc-addr 127.0.0.1:0 \
+    RUST_LOG=warn,tollgate=info "$bin/tollgate" serve --limits "$work/limits" --grpc-addr 127.0.0.1:0 --http-addr off \
         --worker-threads "$WORKERS" "$@" </dev/null >/dev/null 2>"$log" &
     echo $! >>"$work/pids"
     for _ in $(seq 200); do

@@ -18,6 +18,10 @@
 //! - [`server`]: wiring, health, reflection, load shedding, graceful shutdown.
 //! - [`usage`]: usage metering: events counted once per id, daily
 //!   aggregates, summaries and bills ([`usage::UsageStore`]).
+//! - [`stats`]: decision counts per rule and domain, as envoyproxy/ratelimit
+//!   keeps them.
+//! - [`metrics`]: Prometheus exposition of everything counted.
+//! - [`auth`]: JWT bearer tokens (HTTP) and API keys and TLS (gRPC).
 //! - [`clock`]: wall-clock time behind a trait that tests control.
 //! - [`ring`]: rendezvous hashing of counter keys onto named shards.
 
@@ -25,12 +29,15 @@
 
 pub mod algorithm;
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod limiter;
 pub mod limits;
+pub mod metrics;
 pub mod request;
 pub mod ring;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod usage;

@@ -11,6 +11,7 @@ use crate::limits::{Limit, Limits, Match, counter_key, lookup};
 use crate::request::{
     CheckRequest, CheckResponse, Code, Descriptor, DescriptorStatus, InvalidRequest, ReportedLimit,
 };
+use crate::stats::{Answer, DecisionStats, LimitResult};
 use crate::store::{CounterStore, CounterUpdate, StoreError};
 
 pub use crate::limits::FailureMode;
@@ -38,6 +39,7 @@ struct Inner {
     limits: ArcSwap<Limits>,
     store: Arc<dyn CounterStore>,
     failure_mode: FailureMode,
+    stats: DecisionStats,
 }
 
 impl RateLimiter {
@@ -48,6 +50,7 @@ impl RateLimiter {
                 limits: ArcSwap::from_pointee(limits),
                 store,
                 failure_mode,
+                stats: DecisionStats::default(),
             }),
         }
     }
@@ -67,6 +70,11 @@ impl RateLimiter {
         &self.inner.store
     }
 
+    /// What has been decided so far, for metrics.
+    pub fn stats(&self) -> &DecisionStats {
+        &self.inner.stats
+    }
+
     /// Decides a request.
     ///
     /// # Errors
@@ -80,7 +88,9 @@ impl RateLimiter {
             statuses: vec![DescriptorStatus::default(); req.descriptors.len()],
             failed_open: false,
         };
+        let stats = &self.inner.stats;
         let Some(domain) = limits.domain(&req.domain) else {
+            stats.decision(None, Answer::Ok);
             return Ok(response);
         };
 
@@ -145,6 +155,7 @@ impl RateLimiter {
             }
         }
         if updates.is_empty() {
+            stats.decision(Some(&domain.name), Answer::Ok);
             return Ok(response);
         }
 
@@ -166,7 +177,10 @@ impl RateLimiter {
                     })
                     .collect()
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                stats.decision(Some(&domain.name), Answer::Error);
+                return Err(e.into());
+            }
         };
 
         let refused = owners
@@ -187,7 +201,59 @@ impl RateLimiter {
         if response.statuses.iter().any(|s| s.code == Code::OverLimit) {
             response.overall = Code::OverLimit;
         }
+        self.count(req, &domain.name, &matches, &response);
         Ok(response)
+    }
+
+    /// Rule statistics (envoyproxy/ratelimit's) and the domain's answer.
+    /// Dry runs and fail-open answers count as decisions but add no hits.
+    fn count(
+        &self,
+        req: &CheckRequest,
+        domain: &Arc<str>,
+        matches: &[Option<Match<'_>>],
+        response: &CheckResponse,
+    ) {
+        let stats = &self.inner.stats;
+        let answer = match (response.failed_open, response.overall) {
+            (true, _) => Answer::FailedOpen,
+            (false, Code::Ok) => Answer::Ok,
+            (false, Code::OverLimit) => Answer::OverLimit,
+        };
+        stats.decision(Some(domain), answer);
+        if req.dry_run || response.failed_open {
+            return;
+        }
+        for ((descriptor, matched), status) in
+            req.descriptors.iter().zip(matches).zip(&response.statuses)
+        {
+            let (Some(m), Some(limit)) = (matched, &status.limit) else {
+                continue;
+            };
+            let detailed = (m.rule.detailed_metric || m.rule.value_to_metric).then(|| {
+                let mut key = String::from(domain.as_ref());
+                for e in &descriptor.entries {
+                    key.push('.');
+                    key.push_str(&e.key);
+                    if !e.value.is_empty() {
+                        key.push('_');
+                        key.push_str(&e.value);
+                    }
+                }
+                key
+            });
+            stats.limit(
+                &m.rule.path,
+                detailed,
+                LimitResult {
+                    limit: u64::from(limit.requests_per_unit),
+                    hits: descriptor.hits.unwrap_or(req.hits),
+                    remaining: status.remaining,
+                    allowed: status.code == Code::Ok && !status.shadowed,
+                    shadow: m.rule.shadow_mode,
+                },
+            );
+        }
     }
 
     fn update(

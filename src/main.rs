@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use tollgate::auth::{ApiKeys, JwtVerifier};
+use tollgate::config::auth::JWT_SECRET_ENV;
 use tollgate::config::{
     LimitsWatcher, LogFormat, ServiceConfig, UsageBackend, limits_files, load_limits_dir,
 };
@@ -59,9 +61,9 @@ struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:8081, or server.grpc_addr in the config].
     #[arg(long, env = "TOLLGATE_GRPC_ADDR")]
     grpc_addr: Option<SocketAddr>,
-    /// HTTP listen address for /healthz and /readyz [default: none, or server.http_addr in the config].
+    /// HTTP API listen address, or `off` [default: 127.0.0.1:8080, or server.http_addr in the config].
     #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
-    http_addr: Option<SocketAddr>,
+    http_addr: Option<Listen>,
     /// PostgreSQL URL for durable usage [default: usage.postgres_url in the config, else in memory].
     #[arg(long, env = "TOLLGATE_POSTGRES_URL", hide_env_values = true)]
     postgres_url: Option<String>,
@@ -74,6 +76,26 @@ struct ServeArgs {
     /// Benchmark baseline: answer every call OK without checking anything.
     #[arg(long)]
     noop: bool,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::At)
+            .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8080, or off"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -98,9 +120,17 @@ fn load_service_config(
 
 fn validate(args: &ConfigArgs) -> ExitCode {
     let mut failed = false;
-    if let Err(e) = load_service_config(args.config.as_deref()) {
-        eprintln!("{e}");
-        failed = true;
+    match load_service_config(args.config.as_deref()) {
+        Ok(config) => {
+            if let Err(e) = Auth::load(&config, args.config.as_deref()) {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            failed = true;
+        }
     }
     match load_limits_dir(&args.limits) {
         Ok(limits) => {
@@ -153,6 +183,7 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         load_limits_dir(&limits_dir).map_err(|e| anyhow::anyhow!("invalid limits:\n{e}"))?;
     tracing::info!(dir = %limits_dir.display(), domains = ?limits.domain_names(), "limits loaded");
 
+    let auth = Auth::load(&config, args.config.config.as_deref())?;
     let store = build_store(&config).await?;
     let (policy, pricing) = config.usage.parts(
         args.config
@@ -202,7 +233,12 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         .await
         .with_context(|| format!("binding gRPC to {grpc_addr}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
-    let http_listener = match args.http_addr.or(config.server.http_addr) {
+    let http_addr = match args.http_addr {
+        Some(Listen::Off) => None,
+        Some(Listen::At(addr)) => Some(addr),
+        None => config.server.http_addr,
+    };
+    let http_listener = match http_addr {
         None => None,
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -229,6 +265,10 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         envoy: (&config.envoy).into(),
         noop: args.noop,
         usage,
+        jwt: auth.jwt.map(Arc::new),
+        api_keys: auth.api_keys.map(Arc::new),
+        tls: auth.tls,
+        http_requests_per_minute: config.http.requests_per_minute,
     };
     let signal = {
         let shutdown = shutdown.clone();
@@ -241,6 +281,38 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
     shutdown.cancel();
     watcher.join().await;
     result.context("serving")
+}
+
+/// Who may call, from the config's `auth` and `server.tls`.
+struct Auth {
+    jwt: Option<JwtVerifier>,
+    api_keys: Option<ApiKeys>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+impl Auth {
+    fn load(
+        config: &ServiceConfig,
+        path: Option<&Path>,
+    ) -> Result<Self, tollgate::config::ConfigError> {
+        let path = path.unwrap_or(Path::new("(defaults)"));
+        let auth = Self {
+            jwt: config
+                .auth
+                .jwt_verifier(path, std::env::var(JWT_SECRET_ENV).ok())?,
+            api_keys: config.auth.api_keys(path, |v| std::env::var(v).ok())?,
+            tls: match &config.server.tls {
+                Some(t) => Some(t.server_tls(path)?),
+                None => None,
+            },
+        };
+        if auth.api_keys.is_some() && auth.tls.is_none() {
+            tracing::warn!(
+                "API keys are configured without server.tls: keys cross the network in clear text"
+            );
+        }
+        Ok(auth)
+    }
 }
 
 /// The counter store the config asks for: Redis shards, a Redis Cluster, or

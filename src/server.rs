@@ -13,16 +13,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::api::envoy::{EnvoyOptions, EnvoyRlsService};
 use crate::api::grpc::TollgateService;
+use crate::api::http::self_limit::SelfLimit;
+use crate::api::http::{HttpAuth, HttpState};
 use crate::api::noop::NoopService;
 use crate::api::pb;
+use crate::auth::{ApiKeys, JwtVerifier};
 use crate::limiter::RateLimiter;
+use crate::metrics::Metrics;
 use crate::usage::Usage;
 
 type TollgateServer = pb::tollgate::v1::rate_limiter_server::RateLimiterServer<TollgateService>;
@@ -49,6 +53,14 @@ pub struct ServerOptions {
     pub noop: bool,
     /// Usage metering behind the usage RPCs.
     pub usage: Usage,
+    /// Bearer tokens for the HTTP usage API (open with `?user_id=` without).
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// API keys required on gRPC calls (and `POST /v1/check`); open without.
+    pub api_keys: Option<Arc<ApiKeys>>,
+    /// TLS, or mutual TLS, on the gRPC port.
+    pub tls: Option<ServerTlsConfig>,
+    /// Requests per minute and user on the HTTP usage API; 0 = no limit.
+    pub http_requests_per_minute: u32,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +71,10 @@ impl Default for ServerOptions {
             envoy: EnvoyOptions::default(),
             noop: false,
             usage: Usage::default(),
+            jwt: None,
+            api_keys: None,
+            tls: None,
+            http_requests_per_minute: 600,
         }
     }
 }
@@ -114,8 +130,24 @@ pub async fn run_with_http(
         stop_tasks.clone(),
     ));
     let http_draining = Arc::new(AtomicBool::new(false));
+    let metrics = Metrics::new(&limiter, &options.usage);
     if let Some(http) = http {
-        let app = crate::api::http::router(limiter.clone(), http_draining.clone());
+        let app = crate::api::http::router(HttpState {
+            limiter: limiter.clone(),
+            usage: options.usage.clone(),
+            metrics: metrics.clone(),
+            auth: HttpAuth {
+                jwt: options.jwt.clone(),
+                api_keys: options.api_keys.clone(),
+            },
+            self_limit: (options.http_requests_per_minute > 0).then(|| {
+                SelfLimit::new(
+                    Arc::clone(limiter.store()),
+                    options.http_requests_per_minute,
+                )
+            }),
+            draining: http_draining.clone(),
+        });
         let stop = stop_tasks.clone();
         tasks.spawn(async move {
             let served = axum::serve(http, app)
@@ -146,8 +178,14 @@ pub async fn run_with_http(
         }
     };
 
-    let mut router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let mut router = builder
         .load_shed(true)
+        .layer(metrics.grpc_layer())
+        .layer(crate::auth::api_keys::layer(options.api_keys))
         .layer(GlobalConcurrencyLimitLayer::new(
             options.max_concurrent_requests,
         ))

@@ -4,6 +4,7 @@
 //! Every error names the file, the line and the problem, and a directory with
 //! any error is rejected whole: a config is never half-applied.
 
+pub mod auth;
 mod limits_file;
 mod reload;
 mod service;

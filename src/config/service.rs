@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::auth::{AuthConfig, HttpConfig, TlsConfig};
 use super::yaml::from_str;
 use crate::api::envoy::{EnvoyOptions, HeaderNames};
 use crate::limiter::FailureMode;
@@ -24,6 +25,8 @@ pub struct ServiceConfig {
     pub store: StoreConfig,
     pub envoy: EnvoyConfig,
     pub usage: UsageConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
 }
 
@@ -193,7 +196,8 @@ impl From<&EnvoyConfig> for EnvoyOptions {
 pub struct ServerConfig {
     /// Where gRPC listens.
     pub grpc_addr: SocketAddr,
-    /// Where HTTP (`/healthz`, `/readyz`) listens; off when unset.
+    /// Where the HTTP API (usage, check, metrics, health) listens;
+    /// `null` turns it off.
     pub http_addr: Option<SocketAddr>,
     /// Requests handled at once across all connections; beyond it requests
     /// are refused at once with RESOURCE_EXHAUSTED rather than queued.
@@ -204,16 +208,19 @@ pub struct ServerConfig {
     /// How often the limits directory is re-read when files change
     /// (changes within this time are coalesced into one reload).
     pub reload_debounce_ms: u64,
+    /// TLS (and mutual TLS) on the gRPC port; plaintext when unset.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            http_addr: None,
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             max_concurrent_requests: 10_000,
             shutdown_grace_ms: 10_000,
             reload_debounce_ms: 200,
+            tls: None,
         }
     }
 }

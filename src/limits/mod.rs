@@ -13,4 +13,4 @@ pub(crate) mod model;
 
 pub use key::counter_key;
 pub use matching::{Match, lookup};
-pub use model::{DescriptorNode, DomainLimits, FailureMode, Limit, Limits, Rule, Unit};
+pub use model::{Children, DescriptorNode, DomainLimits, FailureMode, Limit, Limits, Rule, Unit};

@@ -93,4 +93,22 @@ pub trait CounterStore: Send + Sync + Debug + 'static {
     fn is_healthy(&self) -> bool {
         true
     }
+
+    /// Calls and failures per part of the store (per Redis shard), for
+    /// metrics. Empty for a store with nothing to report.
+    fn shard_stats(&self) -> Vec<ShardStats> {
+        Vec::new()
+    }
+}
+
+/// One store part's counts since start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: String,
+    /// Calls made (one per request and shard).
+    pub calls: u64,
+    /// Calls that failed or timed out, or were skipped while the shard was down.
+    pub errors: u64,
+    /// Whether the shard is in use: connected and its circuit breaker closed.
+    pub up: bool,
 }

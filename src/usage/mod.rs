@@ -22,5 +22,5 @@ pub use event::{UsageEvent, UsagePolicy};
 pub use postgres::PostgresUsageStore;
 pub use redis::RedisUsageStore;
 pub use report::{Bill, Pricing, TierPrices, UsageSummary};
-pub use service::{TrackOutcome, Usage, UsageCallError};
+pub use service::{MAX_BATCH, MAX_DAYS, TrackOutcome, Usage, UsageCallError, UsageStats};
 pub use store::{DayUsage, MemoryUsageStore, Recorded, UsageError, UsageStore};

@@ -1,6 +1,7 @@
 //! [`Usage`]: validation, ids, the store, summaries and bills, for every edge.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{Days, NaiveDate, Utc};
 
@@ -30,12 +31,31 @@ pub enum TrackOutcome {
     Rejected { usage_id: String, reason: String },
 }
 
+/// Events by how they ended, since start, for metrics.
+#[derive(Debug, Default)]
+pub struct UsageStats {
+    pub accepted: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl UsageStats {
+    fn count(&self, recorded: Recorded) {
+        match recorded {
+            Recorded::Accepted => &self.accepted,
+            Recorded::Duplicate => &self.duplicate,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Usage metering, shared by the API edges. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Usage {
     store: Arc<dyn UsageStore>,
     policy: UsagePolicy,
     pricing: Arc<Pricing>,
+    stats: Arc<UsageStats>,
 }
 
 impl Default for Usage {
@@ -60,7 +80,13 @@ impl Usage {
             store,
             policy,
             pricing: Arc::new(pricing),
+            stats: Arc::default(),
         }
+    }
+
+    /// Events counted so far, for metrics.
+    pub fn stats(&self) -> &UsageStats {
+        &self.stats
     }
 
     /// Fills what the caller may leave out: the id (a UUID) and the time.
@@ -80,9 +106,13 @@ impl Usage {
     pub async fn track(&self, mut event: UsageEvent) -> Result<(String, Recorded), UsageCallError> {
         let now = now_micros();
         Self::complete(&mut event, now);
-        event.validate(&self.policy, now, "")?;
+        if let Err(e) = event.validate(&self.policy, now, "") {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
         let recorded = self.store.record(std::slice::from_ref(&event)).await?;
         let status = recorded.first().copied().unwrap_or(Recorded::Duplicate);
+        self.stats.count(status);
         Ok((event.usage_id, status))
     }
 
@@ -117,15 +147,19 @@ impl Usage {
                     valid.push(std::mem::take(event));
                     outcomes.push(None);
                 }
-                Err(e) => outcomes.push(Some(TrackOutcome::Rejected {
-                    usage_id: event.usage_id.clone(),
-                    reason: e.to_string(),
-                })),
+                Err(e) => {
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    outcomes.push(Some(TrackOutcome::Rejected {
+                        usage_id: event.usage_id.clone(),
+                        reason: e.to_string(),
+                    }));
+                }
             }
         }
         if !valid.is_empty() {
             let recorded = self.store.record(&valid).await?;
             for ((i, event), status) in positions.into_iter().zip(valid).zip(recorded) {
+                self.stats.count(status);
                 outcomes[i] = Some(TrackOutcome::Recorded {
                     usage_id: event.usage_id,
                     status,

@@ -304,9 +304,17 @@ impl Drop for ChildGuard {
 pub fn spawn_tollgate(limits: &LimitsDir, extra: &[&std::ffi::OsStr]) -> (ChildGuard, SocketAddr) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
+    // The HTTP API is on by default (127.0.0.1:8080); tests that do not
+    // ask for it get an ephemeral port, so parallel servers never collide.
+    let http_default: &[&str] = if extra.iter().any(|a| *a == "--http-addr") {
+        &[]
+    } else {
+        &["--http-addr", "127.0.0.1:0"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--limits"])
         .arg(limits.path())
+        .args(http_default)
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

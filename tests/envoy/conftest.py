@@ -161,7 +161,7 @@ def tollgate(tmp_path: Path, request: pytest.FixtureRequest):
             config_file = tmp_path / f"tollgate-{n}.yaml"
             config_file.write_text(config)
             args += ["--config", str(config_file)]
-        args += ["--grpc-addr", "127.0.0.1:0"]
+        args += ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]
 
         _wait_clear_of_hour_edge()
         server = TollgateProcess(args)

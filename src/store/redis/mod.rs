@@ -20,6 +20,7 @@ mod script;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -29,7 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use cluster::RedisClusterStore;
 
 use self::breaker::Breaker;
-use super::{CounterStore, CounterUpdate, StoreError, StoreFuture};
+use super::{CounterStore, CounterUpdate, ShardStats, StoreError, StoreFuture};
 use crate::algorithm::Outcome;
 use crate::ring::Ring;
 
@@ -95,6 +96,8 @@ struct Shard {
     // reconnects by itself.
     conn: ArcSwapOption<ConnectionManager>,
     breaker: Breaker,
+    calls: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl fmt::Debug for Shard {
@@ -140,6 +143,8 @@ impl RedisStore {
                     client,
                     conn: ArcSwapOption::empty(),
                     breaker: Breaker::default(),
+                    calls: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -210,6 +215,19 @@ impl RedisStore {
     }
 
     async fn apply_on_shard(
+        &self,
+        shard: &Shard,
+        updates: &[&CounterUpdate],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        shard.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.call_shard(shard, updates).await;
+        if result.is_err() {
+            shard.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn call_shard(
         &self,
         shard: &Shard,
         updates: &[&CounterUpdate],
@@ -308,6 +326,18 @@ impl CounterStore for RedisStore {
         self.shards
             .iter()
             .all(|s| s.breaker.is_closed() && s.conn.load().is_some())
+    }
+
+    fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .iter()
+            .map(|s| ShardStats {
+                shard: s.name.clone(),
+                calls: s.calls.load(Ordering::Relaxed),
+                errors: s.errors.load(Ordering::Relaxed),
+                up: s.breaker.is_closed() && s.conn.load().is_some(),
+            })
+            .collect()
     }
 }
 
