@@ -3,6 +3,7 @@
 //! stopped when its handle drops, also when a test fails.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod postgres;
 pub mod process;
 pub mod redis;
@@ -19,7 +20,7 @@ use tollgate::api::pb::tollgate::v1 as pb;
 use tollgate::clock::{Clock, ManualClock, SystemClock};
 use tollgate::config::load_limits_dir;
 use tollgate::limiter::{FailureMode, RateLimiter};
-use tollgate::server::{ServerOptions, run};
+use tollgate::server::{ServerOptions, run_with_http};
 use tollgate::store::{CounterStore, CounterUpdate, MemoryStore, StoreError, StoreFuture};
 use tonic::transport::Channel;
 
@@ -56,6 +57,8 @@ impl LimitsDir {
 /// A tollgate server running in this process on 127.0.0.1:0.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP API's address, when started with [`ServerBuilder::with_http`].
+    pub http_addr: Option<SocketAddr>,
     pub limiter: RateLimiter,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
@@ -123,6 +126,7 @@ pub struct ServerBuilder {
     store: Arc<dyn CounterStore>,
     options: ServerOptions,
     failure_mode: FailureMode,
+    http: bool,
 }
 
 impl ServerBuilder {
@@ -144,6 +148,7 @@ impl ServerBuilder {
             store,
             options: ServerOptions::default(),
             failure_mode: FailureMode::FailClosed,
+            http: false,
         }
     }
 
@@ -154,6 +159,18 @@ impl ServerBuilder {
 
     pub fn usage(mut self, usage: tollgate::usage::Usage) -> Self {
         self.options.usage = usage;
+        self
+    }
+
+    /// Also serves the HTTP API on an ephemeral port.
+    pub fn with_http(mut self) -> Self {
+        self.http = true;
+        self
+    }
+
+    /// Changes any server option (auth, TLS, the HTTP rate limit).
+    pub fn configure(mut self, f: impl FnOnce(&mut ServerOptions)) -> Self {
+        f(&mut self.options);
         self
     }
 
@@ -170,11 +187,21 @@ impl ServerBuilder {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let http = if self.http {
+            Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind HTTP"),
+            )
+        } else {
+            None
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr().expect("HTTP addr"));
         let (tx, rx) = oneshot::channel();
         let server_limiter = limiter.clone();
         let options = self.options;
         let handle = tokio::spawn(async move {
-            run(listener, server_limiter, options, async {
+            run_with_http(listener, http, server_limiter, options, async {
                 let _ = rx.await;
             })
             .await
@@ -182,6 +209,7 @@ impl ServerBuilder {
         });
         TestServer {
             addr,
+            http_addr,
             limiter,
             shutdown: Some(tx),
             handle: Some(handle),
