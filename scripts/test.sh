@@ -18,3 +18,6 @@ cargo build --locked --bin tollgate
 export TOLLGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/tollgate"
 scripts/python-env.sh
 .venv/bin/python -m pytest -q tests/envoy
+# The HTTP API: schemathesis against /openapi.yaml, real JWTs, /metrics
+# through the official Prometheus parser.
+.venv/bin/python -m pytest -q tests/http

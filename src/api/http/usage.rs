@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -15,13 +16,17 @@ use super::envelope::{ApiError, success};
 use crate::request::InvalidRequest;
 use crate::usage::MAX_DAYS;
 
+// Unknown parameters are refused: a typo such as `day=7` must not
+// silently answer for the default 30 days.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SummaryParams {
     days: Option<String>,
     user_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BillingParams {
     start_date: Option<String>,
     end_date: Option<String>,
@@ -95,6 +100,11 @@ fn date(d: chrono::NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
 }
 
+/// A query string that does not parse (a repeated or malformed parameter).
+fn query_error(e: &QueryRejection) -> Response {
+    ApiError::bad_request(&InvalidRequest::new("query", e.body_text())).into_response()
+}
+
 fn parse_days(days: Option<&str>) -> Result<u32, ApiError> {
     let Some(text) = days else { return Ok(30) };
     match text.trim().parse::<u32>() {
@@ -110,8 +120,12 @@ fn parse_days(days: Option<&str>) -> Result<u32, ApiError> {
 pub async fn summary(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(params): Query<SummaryParams>,
+    params: Result<Query<SummaryParams>, QueryRejection>,
 ) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(e) => return query_error(&e),
+    };
     let (user, quota) = match state.admit(&headers, params.user_id.as_deref()).await {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
@@ -157,8 +171,12 @@ pub async fn summary(
 pub async fn billing(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(params): Query<BillingParams>,
+    params: Result<Query<BillingParams>, QueryRejection>,
 ) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(e) => return query_error(&e),
+    };
     let (user, quota) = match state.admit(&headers, params.user_id.as_deref()).await {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
