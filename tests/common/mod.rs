@@ -3,6 +3,8 @@
 //! stopped when its handle drops, also when a test fails.
 #![allow(dead_code)]
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod postgres;
 pub mod process;
 pub mod redis;
