@@ -18,3 +18,7 @@ cargo build --locked --bin tollgate
 export TOLLGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/tollgate"
 scripts/python-env.sh
 .venv/bin/python -m pytest -q tests/envoy
+
+# The Python client example (examples/python) against the real binary, with
+# stubs generated from proto/ at test time.
+.venv/bin/python -m pytest -q tests/python_client
