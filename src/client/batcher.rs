@@ -221,15 +221,14 @@ impl UsageBatcher {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if the batcher was shut down.
+    /// [`Error::Closed`] if the batcher was shut down.
     pub async fn flush(&self) -> Result<(), Error> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Command::Flush(ack))
             .await
-            .map_err(|_| Error::Config("usage batcher is shut down".into()))?;
-        done.await
-            .map_err(|_| Error::Config("usage batcher stopped".into()))
+            .map_err(|_| Error::Closed)?;
+        done.await.map_err(|_| Error::Closed)
     }
 
     /// Stops taking events, sends everything queued, and waits for the task

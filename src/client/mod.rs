@@ -54,6 +54,9 @@ pub enum Error {
     /// The builder was given a setting that cannot work; the message names it.
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// The [`UsageBatcher`] was shut down (or its task ended).
+    #[error("usage batcher is shut down")]
+    Closed,
     /// The server (or the transport) answered with an error, after `attempts`
     /// attempts.
     #[error("{} (after {attempts} attempt(s))", status)]
@@ -70,7 +73,7 @@ impl Error {
     /// overloaded or timed out), false for bad input and bad configuration.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Config(_) => false,
+            Error::Config(_) | Error::Closed => false,
             Error::Rpc { status, .. } => matches!(
                 status.code(),
                 Code::Unavailable
@@ -88,7 +91,7 @@ impl Error {
     pub fn status(&self) -> Option<&Status> {
         match self {
             Error::Rpc { status, .. } => Some(status),
-            Error::Config(_) => None,
+            Error::Config(_) | Error::Closed => None,
         }
     }
 }
