@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Creates (or updates) the Python environment for tests/envoy in .venv at the
-# repository root. Idempotent and quiet: it prints nothing unless something
-# fails. The requirements are installed only when tests/*/requirements.txt
-# (or the Python version) changed since the last successful install.
+# Creates (or updates) the Python environment for tests/envoy, tests/http and
+# tests/python_client in .venv at the repository root. Idempotent and quiet: it
+# prints nothing unless something fails. The requirements are installed only
+# when a requirements file (or the Python version) changed since the last
+# successful install.
 #
 #   scripts/python-env.sh && .venv/bin/python -m pytest -q tests/envoy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.venv
-requirements=(tests/envoy/requirements.txt tests/http/requirements.txt)
+requirements=(tests/envoy/requirements.txt tests/http/requirements.txt tests/python_client/requirements.txt)
 stamp=$venv/.tollgate-requirements.sha256
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -50,7 +51,7 @@ fi
 want="$( { cat "${requirements[@]}"; "$venv/bin/python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     rm -f "$stamp"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q $(printf -- '-r %s ' "${requirements[@]}") >"$log" 2>&1 ||
-        fail "pip install -r ${requirements[*]} failed:"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q "${requirements[@]/#/-r}" >"$log" 2>&1 ||
+        fail "pip install ${requirements[*]/#/-r } failed:"
     echo "$want" >"$stamp"
 fi

@@ -21,3 +21,7 @@ scripts/python-env.sh
 # The HTTP API: schemathesis against /openapi.yaml, real JWTs, /metrics
 # through the official Prometheus parser.
 .venv/bin/python -m pytest -q tests/http
+
+# The Python client example (examples/python) against the real binary, with
+# stubs generated from proto/ at test time.
+.venv/bin/python -m pytest -q tests/python_client

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::http::{HttpClient, HttpResponse};
+use common::http_client::{HttpClient, HttpResponse};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};

@@ -19,54 +19,6 @@ fn check_error_status(e: CheckError) -> tonic::Status {
     }
 }
 
-/// Generated protobuf and gRPC code, kept apart from hand-written code.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    missing_docs,
-    missing_debug_implementations
-)]
-pub mod pb {
-    /// `tollgate.v1`: tollgate's own API.
-    pub mod tollgate {
-        pub mod v1 {
-            tonic::include_proto!("tollgate.v1");
-        }
-    }
-
-    /// Envoy's rate-limit service API (a trimmed, wire-compatible copy).
-    pub mod envoy {
-        pub mod service {
-            pub mod ratelimit {
-                pub mod v3 {
-                    tonic::include_proto!("envoy.service.ratelimit.v3");
-                }
-            }
-        }
-        pub mod extensions {
-            pub mod common {
-                pub mod ratelimit {
-                    pub mod v3 {
-                        tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
-                    }
-                }
-            }
-        }
-        pub mod config {
-            pub mod core {
-                pub mod v3 {
-                    tonic::include_proto!("envoy.config.core.v3");
-                }
-            }
-        }
-        pub mod r#type {
-            pub mod v3 {
-                tonic::include_proto!("envoy.r#type.v3");
-            }
-        }
-    }
-
-    /// Descriptors of every service above, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("tollgate_descriptor");
-}
+/// The generated code, which moved to [`crate::pb`] so the client can use it
+/// without the server; every `api::pb` path keeps working.
+pub use crate::pb;

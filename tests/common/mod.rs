@@ -3,7 +3,9 @@
 //! stopped when its handle drops, also when a test fails.
 #![allow(dead_code)]
 
-pub mod http;
+#[cfg(feature = "client")]
+pub mod client;
+pub mod http_client;
 pub mod postgres;
 pub mod process;
 pub mod redis;

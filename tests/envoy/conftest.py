@@ -16,13 +16,7 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pyshared"))
-from tollgate_process import TOLLGATE_BIN, WINDOW_EDGE_MARGIN_S, TollgateProcess  # noqa: E402
-
-
-def _wait_clear_of_hour_edge() -> None:
-    left = 3600.0 - time.time() % 3600.0
-    if left < WINDOW_EDGE_MARGIN_S:
-        time.sleep(left + 0.2)
+from tollgate_process import TOLLGATE_BIN, TollgateProcess, wait_clear_of_hour_edge  # noqa: E402
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -65,7 +59,7 @@ def tollgate(tmp_path: Path, request: pytest.FixtureRequest):
             args += ["--config", str(config_file)]
         args += ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]
 
-        _wait_clear_of_hour_edge()
+        wait_clear_of_hour_edge()
         server = TollgateProcess(args)
         started.append((server, None))  # registered at once: teardown kills it
         addr = server.wait_listening()

@@ -124,3 +124,11 @@ class TollgateProcess:
             self.proc.wait(timeout=10)
         finally:
             self._reader.join(timeout=5)
+
+
+def wait_clear_of_hour_edge() -> None:
+    """Waits out the last seconds of an hour, so hour (and longer) windows
+    cannot reset while a counting test runs."""
+    left = 3600.0 - time.time() % 3600.0
+    if left < WINDOW_EDGE_MARGIN_S:
+        time.sleep(left + 0.2)
