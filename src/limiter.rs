@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tracing::Instrument;
 
 use crate::algorithm::{Algorithm, Charge, Outcome};
 use crate::limits::{Limit, Limits, Match, counter_key, lookup};
@@ -81,6 +82,32 @@ impl RateLimiter {
     /// [`CheckError::Invalid`] for a malformed request (nothing is counted);
     /// [`CheckError::Store`] when the store fails and the mode is fail-closed.
     pub async fn check(&self, req: &CheckRequest) -> Result<CheckResponse, CheckError> {
+        // One span per decision, at debug level: free when it is off (the
+        // default `info`), and `RUST_LOG=tollgate=debug` shows every
+        // request's domain and outcome.
+        let span = tracing::debug_span!(
+            "check",
+            domain = %req.domain,
+            descriptors = req.descriptors.len(),
+            outcome = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.decide(req).await;
+        }
+        let result = self.decide(req).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(r) if r.failed_open => "FAILED_OPEN",
+            Ok(r) if r.overall == Code::OverLimit => "OVER_LIMIT",
+            Ok(_) => "OK",
+            Err(CheckError::Invalid(_)) => "INVALID",
+            Err(CheckError::Store(_)) => "ERROR",
+        };
+        span.record("outcome", outcome);
+        span.in_scope(|| tracing::debug!("decided"));
+        result
+    }
+
+    async fn decide(&self, req: &CheckRequest) -> Result<CheckResponse, CheckError> {
         req.validate()?;
         let limits = self.inner.limits.load_full();
         let mut response = CheckResponse {
@@ -346,5 +373,60 @@ fn fold(status: &mut DescriptorStatus, limit: &Limit, outcome: &Outcome, shadow:
         } else {
             status.code = Code::OverLimit;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::parse_limits_file;
+    use crate::store::MemoryStore;
+
+    /// Collects what the fmt subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn each_decision_has_a_span_with_its_domain_and_outcome() {
+        let yaml = "domain: api\ndescriptors:\n  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 1 }\n";
+        let domain = parse_limits_file(Path::new("api.yaml"), yaml).unwrap();
+        let limiter = RateLimiter::new(
+            Limits::from_domains([domain]),
+            Arc::new(MemoryStore::new(100)),
+            FailureMode::FailClosed,
+        );
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let request = CheckRequest::new("api", vec![Descriptor::new([("user", "a")])]);
+        limiter.check(&request).await.unwrap();
+        limiter.check(&request).await.unwrap();
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("decided")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("check{domain=api descriptors=1 outcome=\"OK\"}"),
+            "{text}"
+        );
+        assert!(lines[1].contains("outcome=\"OVER_LIMIT\""), "{text}");
     }
 }

@@ -189,3 +189,51 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     .expect("wait task");
     assert!(exit.0.success(), "tollgate exited with {:?}", exit.0);
 }
+
+#[test]
+fn validate_checks_auth_and_tls_settings_naming_the_file_and_field() {
+    let dir = LimitsDir::with_file("d.yaml", GOOD);
+    let config_dir = tempfile::tempdir().expect("temp dir");
+    let config = config_dir.path().join("tollgate.yaml");
+    let cases = [
+        (
+            "auth:\n  api_keys:\n    - { name: billing, key: billing-key-0123456789, allow: [TrackUsag] }\n",
+            "auth.api_keys[0] (billing): unknown call 'TrackUsag'",
+        ),
+        (
+            "auth:\n  api_keys:\n    - { name: ci, key_env: TOLLGATE_TEST_UNSET_KEY_VAR, allow: ['*'] }\n",
+            "auth.api_keys[0] (ci): $TOLLGATE_TEST_UNSET_KEY_VAR is not set",
+        ),
+        (
+            "auth:\n  jwt:\n    hs256_secret: short\n",
+            "auth.jwt.hs256_secret must be at least 32 bytes",
+        ),
+        (
+            "auth:\n  jwt:\n    public_keys: [{ algorithm: RS256, file: missing.pem }]\n",
+            "auth.jwt.public_keys[0]: cannot read",
+        ),
+        (
+            "server:\n  tls: { cert_file: nope.pem, key_file: nope.key }\n",
+            "server.tls.cert_file: cannot read",
+        ),
+        (
+            "http:\n  request_per_minute: 5\n",
+            "tollgate.yaml:2: Unknown field `request_per_minute`",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(&config, yaml).expect("write config");
+        let out = Command::new(BIN)
+            .args(["validate", "--limits"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .env_remove("TOLLGATE_JWT_HS256_SECRET")
+            .output()
+            .expect("run tollgate validate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml} should be refused");
+        assert!(stderr.contains("tollgate.yaml"), "{stderr}");
+        assert!(stderr.contains(expected), "{yaml}: {stderr}");
+    }
+}

@@ -209,6 +209,29 @@ async fn a_dead_shard_follows_the_failure_mode_fast_and_comes_back() {
         let mut health = HealthClient::new(server.channel().await);
         wait_store_health(&mut health, ServingStatus::NotServing).await;
 
+        // Per-shard counts for /metrics: the dead shard's failures (timeouts,
+        // then calls skipped by its breaker) are all errors; the others have none.
+        let stats = server.limiter.store().shard_stats();
+        let n = |v: &Vec<String>| v.len() as u64;
+        let dead = stats.iter().find(|s| s.shard == "shard1").expect("shard1");
+        assert_eq!(
+            (dead.calls, dead.errors, dead.up),
+            (n(&on_dead) * 5, n(&on_dead) * 4, false),
+            "{mode:?}"
+        );
+        let live: Vec<_> = stats.iter().filter(|s| s.shard != "shard1").collect();
+        assert!(live.iter().all(|s| s.errors == 0 && s.up), "{live:?}");
+        assert_eq!(live.iter().map(|s| s.calls).sum::<u64>(), n(&on_live) * 5);
+        let text = tollgate::metrics::Metrics::new(&server.limiter, &Default::default()).render();
+        assert!(
+            text.contains("tollgate_store_shard_up{store=\"redis\",shard=\"shard1\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "tollgate_store_errors_total{{store=\"redis\",shard=\"shard1\"}} {}",
+            n(&on_dead) * 4
+        )));
+
         servers[1].restart();
         wait_store_health(&mut health, ServingStatus::Serving).await;
         // The store's maintenance reconnects within about a second; there is
