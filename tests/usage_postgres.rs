@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::http_client::HttpClient;
 use common::postgres::Postgres;
 use common::*;
 use tollgate::api::pb::tollgate::v1 as pb;
@@ -23,7 +24,11 @@ async fn tollgate_on(pg: &Postgres, db: &str) -> (TestServer, LimitsDir) {
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let usage = Usage::new(Arc::new(store), UsagePolicy::default(), Pricing::default());
     let dir = LimitsDir::with_file("d.yaml", LIMITS);
-    let server = ServerBuilder::new().usage(usage).start(&dir).await;
+    let server = ServerBuilder::new()
+        .usage(usage)
+        .with_http()
+        .start(&dir)
+        .await;
     (server, dir)
 }
 
@@ -147,6 +152,12 @@ async fn a_database_outage_mid_load_loses_nothing_and_writes_nothing_half() {
     while failures.load(Ordering::SeqCst) < 20 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let http = HttpClient::new(server.http_addr.expect("HTTP"));
+    let ready = http.get("/readyz", None).await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (503, "usage store unavailable\n")
+    );
     tokio::task::block_in_place(|| pg.start_again());
     for s in senders {
         tokio::time::timeout(Duration::from_secs(120), s)
@@ -180,6 +191,7 @@ async fn a_database_outage_mid_load_loses_nothing_and_writes_nothing_half() {
         total(&mut Client::new(channel), "quinn").await,
         u64::from(EVENTS)
     );
+    assert_eq!(http.get("/readyz", None).await.status, 200, "ready again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,6 +233,18 @@ impl UsageStore for PostgresUsageStore {
     fn name(&self) -> &'static str {
         "postgres"
     }
+
+    fn check(&self) -> StoreFuture<'_, Result<(), UsageError>> {
+        Box::pin(async move {
+            let guard = self.read().await?;
+            let client = guard.as_ref().ok_or_else(|| unavailable("not connected"))?;
+            tokio::time::timeout(Duration::from_secs(1), client.simple_query("SELECT 1"))
+                .await
+                .map_err(|_| unavailable("no answer within 1s"))?
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
 }
 
 /// The group-commit loop: takes every job waiting (up to [`MAX_GROUP`]

@@ -84,6 +84,14 @@ impl Usage {
         }
     }
 
+    /// Whether the usage store answers (for readiness).
+    ///
+    /// # Errors
+    /// The store's error when it does not.
+    pub async fn check(&self) -> Result<(), UsageError> {
+        self.store.check().await
+    }
+
     /// Events counted so far, for metrics.
     pub fn stats(&self) -> &UsageStats {
         &self.stats

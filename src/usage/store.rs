@@ -93,6 +93,15 @@ pub trait UsageStore: Send + Sync + Debug + 'static {
 
     /// A short name for logs.
     fn name(&self) -> &'static str;
+
+    /// Whether the store answers now (for readiness); stores that cannot be
+    /// down answer Ok.
+    ///
+    /// # Errors
+    /// [`UsageError::Unavailable`] when it does not.
+    fn check(&self) -> StoreFuture<'_, Result<(), UsageError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Usage kept in the process: the embedded default. Exact and idempotent

@@ -7,9 +7,10 @@
 //! - `GET /openapi.yaml`: the OpenAPI 3 document of all of the above;
 //! - `GET /metrics`: Prometheus ([`crate::metrics`]);
 //! - `GET /healthz`: 200 while the process serves at all;
-//! - `GET /readyz`: 200 when the counter store answers (every Redis shard)
-//!   and the server is not draining; 503 otherwise, so a load balancer stops
-//!   sending traffic before shutdown completes.
+//! - `GET /readyz`: 200 when the counter store answers (every Redis shard),
+//!   the usage store answers (PostgreSQL) and the server is not draining;
+//!   503 otherwise, so a load balancer stops sending traffic before shutdown
+//!   completes.
 
 pub mod check;
 pub mod envelope;
@@ -174,6 +175,8 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
             StatusCode::SERVICE_UNAVAILABLE,
             "counter store unavailable\n",
         )
+    } else if s.usage.check().await.is_err() {
+        (StatusCode::SERVICE_UNAVAILABLE, "usage store unavailable\n")
     } else {
         (StatusCode::OK, "ready\n")
     }
