@@ -328,7 +328,9 @@ async fn build_store(config: &ServiceConfig) -> anyhow::Result<Arc<dyn CounterSt
             .iter()
             .map(|s| (s.name.clone(), s.url.clone()))
             .collect();
-        Ok(Arc::new(RedisStore::connect(shards, timeout).await?))
+        Ok(Arc::new(
+            RedisStore::connect_with(shards, timeout, redis.coalesce).await?,
+        ))
     } else {
         Ok(Arc::new(
             RedisClusterStore::connect(redis.cluster.clone(), timeout).await?,

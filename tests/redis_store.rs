@@ -400,3 +400,141 @@ async fn a_cluster_failover_during_load_does_not_lose_the_service() {
     assert!(total_ok > 0);
     server.stop().await;
 }
+
+const COALESCE_LIMITS: &str = r#"
+domain: c
+descriptors:
+  - key: hot
+    rate_limit: { unit: minute, requests_per_unit: 300 }
+  - key: narrow
+    rate_limit: { unit: minute, requests_per_unit: 100 }
+  - key: wide
+    rate_limit: { unit: minute, requests_per_unit: 1000 }
+"#;
+
+/// Concurrent requests on one shard share script calls (fewer EVALSHAs than
+/// decisions) and still count exactly, hot keys repeated within a call and
+/// refunds of refused multi-counter requests included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_calls_share_commands_and_count_exactly() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect_with(
+        vec![("one".into(), SecretUrl::new(server.url()))],
+        Duration::from_millis(1000),
+        true,
+    )
+    .await
+    .expect("connect");
+    let limits = LimitsDir::with_file("c.yaml", COALESCE_LIMITS);
+    let tollgate = ServerBuilder::with_store(Arc::new(store))
+        .start(&limits)
+        .await;
+    let channel = tollgate.channel().await;
+    let mut warm = Client::new(channel.clone());
+    warm.check_rate_limit(check("c", vec![descriptor(&[("warm", "up")])]))
+        .await
+        .expect("warm-up");
+    stay_inside_one_minute().await;
+    command(server.port, &["CONFIG", "RESETSTAT"]);
+
+    const TASKS: usize = 64;
+    const EACH: usize = 10;
+    let run = |descriptors: Vec<pb::Descriptor>| {
+        let channel = channel.clone();
+        async move {
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let mut client = Client::new(channel.clone());
+                    let descriptors = descriptors.clone();
+                    tokio::spawn(async move {
+                        let mut admitted = 0;
+                        for _ in 0..EACH {
+                            let r = client
+                                .check_rate_limit(check("c", descriptors.clone()))
+                                .await
+                                .expect("check")
+                                .into_inner();
+                            if code(&r) == pb::Code::Ok {
+                                admitted += 1;
+                            }
+                        }
+                        admitted
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.expect("task");
+            }
+            total
+        }
+    };
+    // One hot key: 640 requests for 300.
+    assert_eq!(run(vec![descriptor(&[("hot", "x")])]).await, 300);
+    // Two counters per request: the narrow one refuses 540, and the wide
+    // one's hits for those are given back.
+    let both = vec![descriptor(&[("narrow", "x")]), descriptor(&[("wide", "x")])];
+    assert_eq!(run(both).await, 100);
+    let mut client = Client::new(channel.clone());
+    let mut dry = check("c", vec![descriptor(&[("wide", "x")])]);
+    dry.dry_run = true;
+    let r = client.check_rate_limit(dry).await.expect("dry run").into_inner();
+    // A dry run answers as if its own hit were counted: 1000 - 100 - 1.
+    assert_eq!(r.statuses[0].remaining, 899, "only the admitted 100 stay counted");
+
+    let stats = command(server.port, &["INFO", "commandstats"]);
+    let evalsha = info_field(&stats, "cmdstat_evalsha")
+        .and_then(|v| v.split(',').next()?.strip_prefix("calls=")?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let decisions = (2 * TASKS * EACH) as u64;
+    assert!(evalsha > 0, "{stats}");
+    assert!(
+        evalsha < decisions,
+        "{evalsha} calls for {decisions} decisions: concurrent requests share calls"
+    );
+}
+
+/// With coalescing off, every request makes its own call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_coalescing_each_concurrent_decision_is_one_command() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect_with(
+        vec![("one".into(), SecretUrl::new(server.url()))],
+        Duration::from_millis(1000),
+        false,
+    )
+    .await
+    .expect("connect");
+    let limits = LimitsDir::with_file("r.yaml", LIMITS);
+    let tollgate = ServerBuilder::with_store(Arc::new(store))
+        .start(&limits)
+        .await;
+    let channel = tollgate.channel().await;
+    let mut warm = Client::new(channel.clone());
+    warm.check_rate_limit(check("r", vec![descriptor(&[("user", "w")])]))
+        .await
+        .expect("warm-up");
+    command(server.port, &["CONFIG", "RESETSTAT"]);
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let mut client = Client::new(channel.clone());
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let value = format!("u{t}-{i}");
+                    client
+                        .check_rate_limit(check("r", vec![descriptor(&[("user", &value)])]))
+                        .await
+                        .expect("check");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let stats = command(server.port, &["INFO", "commandstats"]);
+    let evalsha = info_field(&stats, "cmdstat_evalsha")
+        .and_then(|v| v.split(',').next()?.strip_prefix("calls=")?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert_eq!(evalsha, 320, "{stats}");
+}

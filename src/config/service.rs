@@ -272,6 +272,10 @@ pub struct RedisConfig {
     pub timeout_ms: u64,
     /// Overrides `store.failure_mode` (the spelling keeps it here).
     pub failure_mode: Option<FailureModeName>,
+    /// Let concurrent requests for a shard share one script call under
+    /// load (fewer Redis commands than decisions); `false` makes exactly
+    /// one call per request and shard.
+    pub coalesce: bool,
 }
 
 impl Default for RedisConfig {
@@ -281,6 +285,7 @@ impl Default for RedisConfig {
             cluster: Vec::new(),
             timeout_ms: 50,
             failure_mode: None,
+            coalesce: true,
         }
     }
 }

@@ -157,6 +157,22 @@ local function refund(algo, raw, limit, w, hits, taken_at)
   return string.format('%d', math.max(parse1(raw) - hits * interval(limit, w), 0))
 end
 
+-- One MGET for every key, and writes deferred to the end: a call may carry
+-- the counters of many coalesced requests, often on the same hot key, and
+-- each redis.call costs more than the arithmetic around it. Later counters
+-- on a key see the earlier ones' state through `state`, so the result is the
+-- same as deciding them one call at a time.
+local stored = redis.call('MGET', unpack(KEYS))
+local state = {}   -- key -> latest raw value in this call (false: none)
+local writes = {}  -- key -> {value, ttl ms (0: keep the TTL, -1: delete)}
+local order = {}   -- keys to write, first-touched first
+
+local function write(key, value, ttl_ms)
+  if writes[key] == nil then order[#order + 1] = key end
+  writes[key] = {value, ttl_ms}
+  state[key] = value
+end
+
 local out = {}
 for i = 1, #KEYS do
   local b = (i - 1) * 8
@@ -169,33 +185,47 @@ for i = 1, #KEYS do
   local dry = ARGV[b + 7] == '1'
   local taken_at = tonumber(ARGV[b + 8])
   local key = KEYS[i]
-  local raw = redis.call('GET', key)
+  local raw = state[key]
+  if raw == nil then raw = stored[i] end
 
   if taken_at > 0 then
     if raw then
-      redis.call('SET', key, refund(algo, raw, limit, w, hits, taken_at), 'KEEPTTL')
+      local keep = 0
+      if writes[key] and writes[key][2] ~= 0 then keep = writes[key][2] end
+      write(key, refund(algo, raw, limit, w, hits, taken_at), keep)
     end
     local n = #out
     out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = 0, 0, 0, -1, now
   else
-    local allowed, remaining, reset, retry, state, expires
+    local allowed, remaining, reset, retry, value, expires
     if algo == 0 then
-      allowed, remaining, reset, retry, state, expires = fixed(raw, limit, w, hits, always)
+      allowed, remaining, reset, retry, value, expires = fixed(raw, limit, w, hits, always)
     elseif algo == 1 then
-      allowed, remaining, reset, retry, state, expires = sliding(raw, limit, w, hits)
+      allowed, remaining, reset, retry, value, expires = sliding(raw, limit, w, hits)
     else
-      allowed, remaining, reset, retry, state, expires = bucket(raw, limit, w, burst, hits)
+      allowed, remaining, reset, retry, value, expires = bucket(raw, limit, w, burst, hits)
     end
     if not dry then
       local ttl_ms = math.ceil((expires - now) / 1000)
       if ttl_ms > 0 then
-        redis.call('SET', key, state, 'PX', ttl_ms)
+        write(key, value, ttl_ms)
       elseif raw then
-        redis.call('DEL', key)
+        write(key, false, -1)
       end
     end
     local n = #out
     out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = allowed and 1 or 0, remaining, reset, retry, now
+  end
+end
+
+for _, key in ipairs(order) do
+  local value, ttl_ms = writes[key][1], writes[key][2]
+  if ttl_ms > 0 then
+    redis.call('SET', key, value, 'PX', ttl_ms)
+  elseif ttl_ms == 0 then
+    redis.call('SET', key, value, 'KEEPTTL')
+  else
+    redis.call('DEL', key)
   end
 end
 return out

@@ -16,6 +16,7 @@
 
 mod breaker;
 mod cluster;
+mod coalesce;
 mod script;
 
 use std::fmt;
@@ -30,6 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use cluster::RedisClusterStore;
 
 use self::breaker::Breaker;
+use self::coalesce::Coalescer;
 use super::{CounterStore, CounterUpdate, ShardStats, StoreError, StoreFuture};
 use crate::algorithm::Outcome;
 use crate::ring::Ring;
@@ -114,9 +116,11 @@ impl fmt::Debug for Shard {
 /// Counters on named Redis instances, keys spread by a consistent hash.
 #[derive(Debug)]
 pub struct RedisStore {
-    shards: Vec<Shard>,
+    shards: Vec<Arc<Shard>>,
     ring: Ring,
     timeout: Duration,
+    /// One per shard when concurrent requests share calls ([`coalesce`]).
+    coalescers: Option<Vec<Coalescer>>,
 }
 
 impl RedisStore {
@@ -130,6 +134,20 @@ impl RedisStore {
         shards: Vec<(String, SecretUrl)>,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
+        Self::connect_with(shards, timeout, true).await
+    }
+
+    /// [`RedisStore::connect`], choosing whether concurrent requests may
+    /// share script calls (`coalesce`; see [`coalesce`]). Without it every
+    /// request makes its own call: exactly one Redis command per decision.
+    ///
+    /// # Errors
+    /// As [`RedisStore::connect`].
+    pub async fn connect_with(
+        shards: Vec<(String, SecretUrl)>,
+        timeout: Duration,
+        coalesce: bool,
+    ) -> Result<Self, StoreError> {
         let ring = Ring::new(shards.iter().map(|(name, _)| name.clone()))
             .map_err(|e| StoreError::Config(format!("redis shards: {e}")))?;
         let shards = shards
@@ -137,7 +155,7 @@ impl RedisStore {
             .map(|(name, url)| {
                 let client = redis::Client::open(url.expose())
                     .map_err(|e| StoreError::Config(format!("redis shard {name} ({url}): {e}")))?;
-                Ok(Shard {
+                Ok(Arc::new(Shard {
                     name,
                     url,
                     client,
@@ -145,13 +163,20 @@ impl RedisStore {
                     breaker: Breaker::default(),
                     calls: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
-                })
+                }))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let coalescers = coalesce.then(|| {
+            shards
+                .iter()
+                .map(|s| Coalescer::spawn(Arc::clone(s), timeout))
+                .collect()
+        });
         let store = Self {
             shards,
             ring,
             timeout,
+            coalescers,
         };
         join_all(store.shards.iter().map(|s| store.reconnect(s))).await;
         Ok(store)
@@ -214,24 +239,45 @@ impl RedisStore {
         }
     }
 
+    /// Decides `updates` (all on shard `i`), sharing a call with concurrent
+    /// requests when coalescing.
     async fn apply_on_shard(
         &self,
-        shard: &Shard,
+        i: usize,
         updates: &[&CounterUpdate],
     ) -> Result<Vec<Outcome>, StoreError> {
-        shard.calls.fetch_add(1, Ordering::Relaxed);
-        let result = self.call_shard(shard, updates).await;
+        let shard = &self.shards[i];
+        match &self.coalescers {
+            Some(c) => {
+                let owned = updates.iter().map(|u| (*u).clone()).collect();
+                c[i].apply(shard, owned, self.timeout).await
+            }
+            None => shard.call(self.timeout, updates).await,
+        }
+    }
+}
+
+impl Shard {
+    /// One script call for `updates`, counted for metrics.
+    async fn call(
+        &self,
+        timeout: Duration,
+        updates: &[&CounterUpdate],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.call_script(timeout, updates).await;
         if result.is_err() {
-            shard.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    async fn call_shard(
+    async fn call_script(
         &self,
-        shard: &Shard,
+        timeout: Duration,
         updates: &[&CounterUpdate],
     ) -> Result<Vec<Outcome>, StoreError> {
+        let shard = self;
         if !shard.breaker.is_closed() {
             return Err(StoreError::Unavailable(format!(
                 "redis shard {} is down",
@@ -250,7 +296,7 @@ impl RedisStore {
             script::push(&mut invocation, u);
         }
         let reply =
-            tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+            tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
                 .await;
         let error = match reply {
             Ok(Ok(values)) => {
@@ -260,7 +306,7 @@ impl RedisStore {
             Ok(Err(e)) => format!("redis shard {}: {e}", shard.name),
             Err(_) => format!(
                 "redis shard {}: no answer within {:?}",
-                shard.name, self.timeout
+                shard.name, timeout
             ),
         };
         if shard.breaker.failure() {
@@ -278,7 +324,7 @@ impl CounterStore for RedisStore {
         Box::pin(async move {
             if self.shards.len() == 1 {
                 let all: Vec<&CounterUpdate> = updates.iter().collect();
-                return self.apply_on_shard(&self.shards[0], &all).await;
+                return self.apply_on_shard(0, &all).await;
             }
             // Group by shard, keeping each update's position for the answer.
             let mut groups: Vec<(Vec<usize>, Vec<&CounterUpdate>)> =
@@ -295,7 +341,7 @@ impl CounterStore for RedisStore {
                 .map(|(shard, (positions, group))| async move {
                     (
                         positions,
-                        self.apply_on_shard(&self.shards[shard], group).await,
+                        self.apply_on_shard(shard, group).await,
                     )
                 });
             let mut outcomes = vec![Outcome::default(); updates.len()];
