@@ -217,7 +217,7 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
                 .collect();
             Arc::new(RedisUsageStore::new(
                 shards,
-                Duration::from_millis(redis.timeout_ms),
+                Duration::from_millis(config.usage.redis_timeout_ms.max(1)),
                 policy.retention_days,
             )?)
         }

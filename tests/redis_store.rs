@@ -478,13 +478,26 @@ async fn coalesced_calls_share_commands_and_count_exactly() {
     let mut client = Client::new(channel.clone());
     let mut dry = check("c", vec![descriptor(&[("wide", "x")])]);
     dry.dry_run = true;
-    let r = client.check_rate_limit(dry).await.expect("dry run").into_inner();
+    let r = client
+        .check_rate_limit(dry)
+        .await
+        .expect("dry run")
+        .into_inner();
     // A dry run answers as if its own hit were counted: 1000 - 100 - 1.
-    assert_eq!(r.statuses[0].remaining, 899, "only the admitted 100 stay counted");
+    assert_eq!(
+        r.statuses[0].remaining, 899,
+        "only the admitted 100 stay counted"
+    );
 
     let stats = command(server.port, &["INFO", "commandstats"]);
     let evalsha = info_field(&stats, "cmdstat_evalsha")
-        .and_then(|v| v.split(',').next()?.strip_prefix("calls=")?.parse::<u64>().ok())
+        .and_then(|v| {
+            v.split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(0);
     let decisions = (2 * TASKS * EACH) as u64;
     assert!(evalsha > 0, "{stats}");
@@ -534,7 +547,13 @@ async fn without_coalescing_each_concurrent_decision_is_one_command() {
     }
     let stats = command(server.port, &["INFO", "commandstats"]);
     let evalsha = info_field(&stats, "cmdstat_evalsha")
-        .and_then(|v| v.split(',').next()?.strip_prefix("calls=")?.parse::<u64>().ok())
+        .and_then(|v| {
+            v.split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(0);
     assert_eq!(evalsha, 320, "{stats}");
 }

@@ -49,6 +49,10 @@ pub struct UsageConfig {
     /// Where usage lives: `memory`, `postgres` (the default when
     /// `postgres_url` is set) or `redis` (the `store.redis.shards`).
     pub store: Option<UsageBackend>,
+    /// Per-call timeout of the Redis usage store. Longer than the counters'
+    /// `store.redis.timeout_ms`: usage is written after the work, off the
+    /// request's critical path, and a batch of events is many script calls.
+    pub redis_timeout_ms: u64,
 }
 
 /// Where usage lives.
@@ -96,6 +100,7 @@ impl Default for UsageConfig {
                 .collect(),
             postgres_url: None,
             store: None,
+            redis_timeout_ms: 1000,
         }
     }
 }

@@ -65,14 +65,12 @@ impl Coalescer {
         timeout: Duration,
     ) -> Result<Vec<Outcome>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send(Pending { updates, reply })
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "redis shard {}: too many requests waiting",
-                    shard.name
-                ))
-            })?;
+        self.tx.try_send(Pending { updates, reply }).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "redis shard {}: too many requests waiting",
+                shard.name
+            ))
+        })?;
         // The call itself has the timeout; waiting for a turn may add at
         // most one more call's time.
         match tokio::time::timeout(timeout * 2, answer).await {

@@ -296,18 +296,14 @@ impl Shard {
             script::push(&mut invocation, u);
         }
         let reply =
-            tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
-                .await;
+            tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
         let error = match reply {
             Ok(Ok(values)) => {
                 shard.breaker.success();
                 return script::outcomes(&values, updates.len());
             }
             Ok(Err(e)) => format!("redis shard {}: {e}", shard.name),
-            Err(_) => format!(
-                "redis shard {}: no answer within {:?}",
-                shard.name, timeout
-            ),
+            Err(_) => format!("redis shard {}: no answer within {:?}", shard.name, timeout),
         };
         if shard.breaker.failure() {
             tracing::warn!(shard = %shard.name, error = %error, "redis shard keeps failing; skipping it until it answers");
@@ -339,10 +335,7 @@ impl CounterStore for RedisStore {
                 .enumerate()
                 .filter(|(_, (positions, _))| !positions.is_empty())
                 .map(|(shard, (positions, group))| async move {
-                    (
-                        positions,
-                        self.apply_on_shard(shard, group).await,
-                    )
+                    (positions, self.apply_on_shard(shard, group).await)
                 });
             let mut outcomes = vec![Outcome::default(); updates.len()];
             for (positions, result) in join_all(calls).await {
