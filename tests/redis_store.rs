@@ -401,6 +401,21 @@ async fn a_cluster_failover_during_load_does_not_lose_the_service() {
     server.stop().await;
 }
 
+/// EVALSHA calls since the last CONFIG RESETSTAT, and the raw stats.
+fn evalsha_calls(port: u16) -> (u64, String) {
+    let stats = command(port, &["INFO", "commandstats"]);
+    let calls = info_field(&stats, "cmdstat_evalsha")
+        .and_then(|v| {
+            v.split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    (calls, stats)
+}
+
 const COALESCE_LIMITS: &str = r#"
 domain: c
 descriptors:
@@ -489,16 +504,7 @@ async fn coalesced_calls_share_commands_and_count_exactly() {
         "only the admitted 100 stay counted"
     );
 
-    let stats = command(server.port, &["INFO", "commandstats"]);
-    let evalsha = info_field(&stats, "cmdstat_evalsha")
-        .and_then(|v| {
-            v.split(',')
-                .next()?
-                .strip_prefix("calls=")?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0);
+    let (evalsha, stats) = evalsha_calls(server.port);
     let decisions = (2 * TASKS * EACH) as u64;
     assert!(evalsha > 0, "{stats}");
     assert!(
@@ -545,15 +551,6 @@ async fn without_coalescing_each_concurrent_decision_is_one_command() {
     for t in tasks {
         t.await.expect("task");
     }
-    let stats = command(server.port, &["INFO", "commandstats"]);
-    let evalsha = info_field(&stats, "cmdstat_evalsha")
-        .and_then(|v| {
-            v.split(',')
-                .next()?
-                .strip_prefix("calls=")?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0);
+    let (evalsha, stats) = evalsha_calls(server.port);
     assert_eq!(evalsha, 320, "{stats}");
 }

@@ -8,7 +8,7 @@ use super::pb::tollgate::v1 as pb;
 use crate::algorithm::Charge;
 use crate::limiter::RateLimiter;
 use crate::limits::Unit;
-use crate::request::{CheckRequest, CheckResponse, Code, Descriptor, DescriptorStatus, Entry};
+use crate::request::{CheckRequest, CheckResponse, Code, Descriptor, DescriptorStatus};
 use crate::usage::{Recorded, TrackOutcome, Usage, UsageCallError, UsageError, UsageEvent};
 
 /// The tollgate.v1 gRPC service.
@@ -195,18 +195,7 @@ fn check_request(r: pb::CheckRateLimitRequest) -> CheckRequest {
         descriptors: r
             .descriptors
             .into_iter()
-            .map(|d| Descriptor {
-                entries: d
-                    .entries
-                    .into_iter()
-                    .map(|e| Entry {
-                        key: e.key,
-                        value: e.value,
-                    })
-                    .collect(),
-                hits: None,
-                limit_override: None,
-            })
+            .map(|d| Descriptor::new(d.entries.into_iter().map(|e| (e.key, e.value))))
             .collect(),
         hits: u64::from(r.hits.max(1)),
         dry_run: r.dry_run,

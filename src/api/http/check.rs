@@ -15,7 +15,7 @@ use super::envelope::{ApiError, success};
 use crate::algorithm::Charge;
 use crate::auth::Refusal;
 use crate::limiter::CheckError;
-use crate::request::{CheckRequest, Code, Descriptor, Entry, InvalidRequest};
+use crate::request::{CheckRequest, Code, Descriptor, InvalidRequest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,18 +110,7 @@ pub async fn check(
         descriptors: body
             .descriptors
             .into_iter()
-            .map(|d| Descriptor {
-                entries: d
-                    .entries
-                    .into_iter()
-                    .map(|e| Entry {
-                        key: e.key,
-                        value: e.value,
-                    })
-                    .collect(),
-                hits: None,
-                limit_override: None,
-            })
+            .map(|d| Descriptor::new(d.entries.into_iter().map(|e| (e.key, e.value))))
             .collect(),
         hits: u64::from(body.hits.unwrap_or(1).max(1)),
         dry_run: body.dry_run,

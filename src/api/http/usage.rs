@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::HttpState;
 use super::envelope::{ApiError, success};
+use super::self_limit::Quota;
 use crate::request::InvalidRequest;
 use crate::usage::MAX_DAYS;
 
@@ -100,9 +101,20 @@ fn date(d: chrono::NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
 }
 
-/// A query string that does not parse (a repeated or malformed parameter).
-fn query_error(e: &QueryRejection) -> Response {
-    ApiError::bad_request(&InvalidRequest::new("query", e.body_text())).into_response()
+/// What both endpoints do first: parse the query (a repeated, malformed or
+/// unknown parameter is a 400), authenticate, and count the request against
+/// the caller's budget.
+async fn begin<P>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    params: Result<Query<P>, QueryRejection>,
+    user_id: impl Fn(&P) -> Option<&str>,
+) -> Result<(P, String, Option<Quota>), Response> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::bad_request(&InvalidRequest::new("query", e.body_text())).into_response()
+    })?;
+    let (user, quota) = state.admit(headers, user_id(&params)).await?;
+    Ok((params, user, quota))
 }
 
 fn parse_days(days: Option<&str>) -> Result<u32, ApiError> {
@@ -122,14 +134,11 @@ pub async fn summary(
     headers: HeaderMap,
     params: Result<Query<SummaryParams>, QueryRejection>,
 ) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(e) => return query_error(&e),
-    };
-    let (user, quota) = match state.admit(&headers, params.user_id.as_deref()).await {
-        Ok(admitted) => admitted,
-        Err(e) => return e.into_response(),
-    };
+    let (params, user, quota) =
+        match begin(&state, &headers, params, |p| p.user_id.as_deref()).await {
+            Ok(begun) => begun,
+            Err(response) => return response,
+        };
     let result = async {
         let days = parse_days(params.days.as_deref())?;
         let (summary, from, to) = state.usage.summary(&user, days).await?;
@@ -173,14 +182,11 @@ pub async fn billing(
     headers: HeaderMap,
     params: Result<Query<BillingParams>, QueryRejection>,
 ) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(e) => return query_error(&e),
-    };
-    let (user, quota) = match state.admit(&headers, params.user_id.as_deref()).await {
-        Ok(admitted) => admitted,
-        Err(e) => return e.into_response(),
-    };
+    let (params, user, quota) =
+        match begin(&state, &headers, params, |p| p.user_id.as_deref()).await {
+            Ok(begun) => begun,
+            Err(response) => return response,
+        };
     let today = Utc::now().date_naive();
     let start = params
         .start_date
