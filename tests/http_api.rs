@@ -284,6 +284,15 @@ async fn billing_is_served_in_the_seed_shape() {
     assert_error(&r, 400, "days");
     let r = http.get("/v1/usage/summary?days=abc", Some(&token)).await;
     assert_eq!(r.json()["error"]["field"], "days");
+    // A typo is refused, not answered with the default 30 days; so is a
+    // repeated parameter.
+    for query in ["day=7", "days=7&days=8", "days=7&=x"] {
+        let r = http
+            .get(&format!("/v1/usage/summary?{query}"), Some(&token))
+            .await;
+        assert_error(&r, 400, "");
+        assert_eq!(r.json()["error"]["field"], "query", "{query}");
+    }
 }
 
 #[tokio::test]

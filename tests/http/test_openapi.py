@@ -12,7 +12,6 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
-    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -21,16 +20,20 @@ from schemathesis.checks import not_a_server_error
 
 from conftest import token
 
-# Semantic checks only: `positive_data_acceptance` is left out because
-# schema-valid requests can still be refused on purpose (an end_date before
-# start_date, a period over 366 days, an unknown domain's empty descriptor).
+# Every answer, to valid and invalid requests alike, must be documented and
+# match the document. Two acceptance checks are left out:
+# `positive_data_acceptance`, because schema-valid requests can still be
+# refused on purpose (an end_date before start_date, a period over 366
+# days); and `negative_data_rejection`, because schemathesis also generates
+# query parameters whose value is null, which the HTTP client then leaves out,
+# so a valid request is reported as "invalid data accepted". Unknown and
+# malformed parameters are refused, as tests/http_api.rs checks directly.
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
     response_headers_conformance,
-    negative_data_rejection,
 ]
 
 
@@ -51,7 +54,9 @@ def test_the_server_serves_this_document(server):
 
 
 @schema.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: CI runs the same examples every time (no flaky runs);
+# change the seed by hand to explore further.
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 def test_every_response_matches_the_document(case, server):
     # An admin token, so `user_id` values are allowed and answers are 200s.
     case.call_and_validate(
