@@ -202,7 +202,21 @@ async fn serve_async(args: ServeArgs, config: ServiceConfig) -> anyhow::Result<(
         UsageBackend::Memory
     });
     let usage_store: Arc<dyn UsageStore> = match (backend, postgres) {
-        (UsageBackend::Postgres, Some(url)) => Arc::new(PostgresUsageStore::connect(url).await?),
+        (UsageBackend::Postgres, Some(url)) => {
+            let ca = match &config.usage.postgres_ca_file {
+                Some(file) => {
+                    let path = match args.config.config.as_deref().and_then(Path::parent) {
+                        Some(dir) if file.is_relative() => dir.join(file),
+                        _ => file.clone(),
+                    };
+                    Some(std::fs::read(&path).with_context(|| {
+                        format!("usage.postgres_ca_file: reading {}", path.display())
+                    })?)
+                }
+                None => None,
+            };
+            Arc::new(PostgresUsageStore::connect_with_ca(url, ca.as_deref()).await?)
+        }
         (UsageBackend::Postgres, None) => {
             anyhow::bail!(
                 "usage.store is postgres but no usage.postgres_url or TOLLGATE_POSTGRES_URL is set"

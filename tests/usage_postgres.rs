@@ -223,3 +223,50 @@ async fn restarting_tollgate_loses_nothing() {
         .into_inner();
     assert!(again.duplicate, "ids survive the restart too");
 }
+
+/// `sslmode=require`: usage goes to PostgreSQL over TLS, and the server's
+/// certificate is verified (a CA nobody gave tollgate is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_connects_over_verified_tls() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let pg = Postgres::start_with_tls(Some((
+        &fixtures.join("server.pem"),
+        &fixtures.join("server.key"),
+    )));
+    pg.create_database("tls");
+    let url = format!("{}?sslmode=require", pg.url("tls"));
+
+    let untrusted = PostgresUsageStore::connect(SecretUrl::new(&url)).await;
+    let err = untrusted.expect_err("the test CA is not among the Mozilla roots");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let ca = std::fs::read(fixtures.join("ca.pem")).expect("CA");
+    let store = PostgresUsageStore::connect_with_ca(SecretUrl::new(&url), Some(&ca))
+        .await
+        .unwrap_or_else(|e| panic!("connect over TLS: {e}"));
+    let usage = Usage::new(Arc::new(store), UsagePolicy::default(), Pricing::default());
+    let dir = LimitsDir::with_file("d.yaml", LIMITS);
+    let server = ServerBuilder::new().usage(usage).start(&dir).await;
+    let mut client = server.client().await;
+    client
+        .track_usage(event("tls-1", "tessa"))
+        .await
+        .expect("track over TLS");
+    assert_eq!(total(&mut client, "tessa").await, 1);
+    // Every connection tollgate holds (the writers and the reader) is TLS.
+    let plain = count(
+        &pg,
+        "tls",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = 'tls' AND a.client_addr IS NOT NULL AND NOT s.ssl \
+         AND a.pid <> pg_backend_pid()",
+    );
+    let tls = count(
+        &pg,
+        "tls",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = 'tls' AND s.ssl",
+    );
+    assert_eq!(plain, 0, "no plaintext connection from tollgate");
+    assert!(tls >= 2, "the writers and the reader use TLS: {tls}");
+}

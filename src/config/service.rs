@@ -44,8 +44,12 @@ pub struct UsageConfig {
     /// and unknown tiers are billed as `basic`.
     pub pricing: BTreeMap<String, TierPricesConfig>,
     /// Store usage durably in PostgreSQL (`TOLLGATE_POSTGRES_URL` overrides);
-    /// without it usage is kept in memory.
+    /// without it usage is kept in memory. `?sslmode=require` connects over
+    /// TLS and verifies the server's certificate.
     pub postgres_url: Option<SecretUrl>,
+    /// PEM CA certificates to trust for PostgreSQL's TLS, besides the
+    /// Mozilla roots (for a private CA); relative to this file.
+    pub postgres_ca_file: Option<std::path::PathBuf>,
     /// Where usage lives: `memory`, `postgres` (the default when
     /// `postgres_url` is set) or `redis` (the `store.redis.shards`).
     pub store: Option<UsageBackend>,
@@ -99,6 +103,7 @@ impl Default for UsageConfig {
                 })
                 .collect(),
             postgres_url: None,
+            postgres_ca_file: None,
             store: None,
             redis_timeout_ms: 1000,
         }

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::event::UsageEvent;
 use super::store::{DayUsage, Recorded, UsageError, UsageStore};
@@ -44,7 +46,7 @@ struct Job {
 
 /// Usage in PostgreSQL.
 pub struct PostgresUsageStore {
-    url: SecretUrl,
+    target: Target,
     jobs: mpsc::Sender<Job>,
     // Events queued but not yet committed, to bound the queue by events.
     queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -54,25 +56,112 @@ pub struct PostgresUsageStore {
 impl fmt::Debug for PostgresUsageStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresUsageStore")
-            .field("url", &self.url)
+            .field("target", &self.target)
             .finish()
     }
 }
 
-async fn connect(url: &SecretUrl) -> Result<Client, UsageError> {
-    let connecting = tokio_postgres::connect(url.expose(), NoTls);
-    let (client, connection) = tokio::time::timeout(TIMEOUT, connecting)
-        .await
-        .map_err(|_| {
-            UsageError::Unavailable(format!("postgres {url}: no answer within {TIMEOUT:?}"))
-        })?
-        .map_err(|e| UsageError::Unavailable(format!("postgres {url}: {e}")))?;
-    // The connection runs until the client is dropped or the server goes away.
+/// Where to connect, and how: TLS (rustls, the certificate always
+/// verified) when the URL says `sslmode=require`, else plain TCP.
+#[derive(Clone)]
+pub(crate) struct Target {
+    url: SecretUrl,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Target {
+    /// Trusts the Mozilla roots, plus `ca_pem` (PEM certificates) if given.
+    fn new(url: SecretUrl, ca_pem: Option<&[u8]>) -> Result<Self, UsageError> {
+        let config: tokio_postgres::Config = url
+            .expose()
+            .parse()
+            .map_err(|e| UsageError::Unavailable(format!("postgres {url}: {e}")))?;
+        if config.get_ssl_mode() != SslMode::Require {
+            return Ok(Self { url, tls: None });
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = ca_pem {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| {
+                    UsageError::Unavailable(format!("postgres CA certificates: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    UsageError::Unavailable(format!("postgres CA certificates: {e}"))
+                })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UsageError::Unavailable(format!("postgres TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            url,
+            tls: Some(MakeRustlsConnect::new(config)),
+        })
+    }
+}
+
+/// An error with its causes: tokio-postgres's own text ("error performing
+/// TLS handshake") leaves out the one that says what to fix.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs a connection until the client is dropped or the server goes away;
+/// its end is not an error worth more than a debug line.
+fn run_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");
         }
     });
+}
+
+async fn connect(target: &Target) -> Result<Client, UsageError> {
+    let url = &target.url;
+    let connected = match &target.tls {
+        Some(tls) => {
+            let connecting = tokio_postgres::connect(url.expose(), tls.clone());
+            tokio::time::timeout(TIMEOUT, connecting)
+                .await
+                .map(|r| r.map(|(client, conn)| (client, run_connection(conn))))
+        }
+        None => {
+            let connecting = tokio_postgres::connect(url.expose(), NoTls);
+            tokio::time::timeout(TIMEOUT, connecting)
+                .await
+                .map(|r| r.map(|(client, conn)| (client, run_connection(conn))))
+        }
+    };
+    let (client, ()) = connected
+        .map_err(|_| {
+            UsageError::Unavailable(format!("postgres {url}: no answer within {TIMEOUT:?}"))
+        })?
+        .map_err(|e| UsageError::Unavailable(format!("postgres {url}: {}", with_causes(&e))))?;
     Ok(client)
 }
 
@@ -87,7 +176,21 @@ impl PostgresUsageStore {
     /// [`UsageError::Unavailable`] when the database cannot be reached or
     /// migrated.
     pub async fn connect(url: SecretUrl) -> Result<Self, UsageError> {
-        let client = connect(&url).await?;
+        Self::connect_with_ca(url, None).await
+    }
+
+    /// [`PostgresUsageStore::connect`], also trusting the PEM CA
+    /// certificates in `ca_pem` for `sslmode=require` (a private CA).
+    ///
+    /// # Errors
+    /// As [`PostgresUsageStore::connect`], and CA certificates that do not parse.
+    pub async fn connect_with_ca(
+        url: SecretUrl,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, UsageError> {
+        let target = Target::new(url, ca_pem)?;
+        let url = target.url.clone();
+        let client = connect(&target).await?;
         client
             .batch_execute(MIGRATIONS)
             .await
@@ -102,15 +205,15 @@ impl PostgresUsageStore {
         let mut first = Some(client);
         for _ in 0..WRITERS {
             tokio::spawn(writer(
-                url.clone(),
+                target.clone(),
                 first.take(),
                 receiver.clone(),
                 queued.clone(),
             ));
         }
         Ok(Self {
-            reader: Mutex::new(connect(&url).await.ok()),
-            url,
+            reader: Mutex::new(connect(&target).await.ok()),
+            target,
             jobs,
             queued,
         })
@@ -120,7 +223,7 @@ impl PostgresUsageStore {
     async fn read(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, UsageError> {
         let mut guard = self.reader.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(connect(&self.url).await?);
+            *guard = Some(connect(&self.target).await?);
         }
         Ok(guard)
     }
@@ -250,7 +353,7 @@ impl UsageStore for PostgresUsageStore {
 /// The group-commit loop: takes every job waiting (up to [`MAX_GROUP`]
 /// events), commits them in one transaction, answers each.
 async fn writer(
-    url: SecretUrl,
+    target: Target,
     mut client: Option<Client>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -276,7 +379,7 @@ async fn writer(
             }
             (group, events)
         };
-        let result = commit_group(&url, &mut client, &group).await;
+        let result = commit_group(&target, &mut client, &group).await;
         queued.fetch_sub(events, std::sync::atomic::Ordering::AcqRel);
         match result {
             Ok(mut statuses) => {
@@ -299,12 +402,12 @@ async fn writer(
 }
 
 async fn commit_group(
-    url: &SecretUrl,
+    target: &Target,
     client: &mut Option<Client>,
     group: &[Job],
 ) -> Result<Vec<Recorded>, UsageError> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(connect(url).await?);
+        *client = Some(connect(target).await?);
     }
     let client = client
         .as_mut()

@@ -82,6 +82,12 @@ impl Postgres {
     /// If PostgreSQL is not installed, `initdb` fails, or the server is not
     /// ready within 20 s (with its output).
     pub fn start() -> Postgres {
+        Self::start_with_tls(None)
+    }
+
+    /// [`Postgres::start`], serving TLS (`ssl = on`) with this certificate
+    /// and key when given (clients may still connect without).
+    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-pg-")
             .tempdir()
@@ -106,6 +112,9 @@ impl Postgres {
             );
         }
         pg.initdb();
+        if let Some((cert, key)) = tls {
+            pg.serve_tls(cert, key);
+        }
 
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
@@ -124,6 +133,25 @@ impl Postgres {
             "postgres did not start in {START_ATTEMPTS} attempts:\n{}",
             failures.join("\n")
         );
+    }
+
+    /// Copies the certificate and key into the data directory (the key
+    /// private to the server user, as PostgreSQL demands) and turns SSL on.
+    fn serve_tls(&self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            if let Some(user) = server_user() {
+                std::os::unix::fs::chown(&to, Some(user.uid), Some(user.gid)).expect("chown");
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).expect("write postgresql.conf");
     }
 
     fn initdb(&self) {
