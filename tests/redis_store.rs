@@ -427,28 +427,46 @@ descriptors:
     rate_limit: { unit: minute, requests_per_unit: 1000 }
 "#;
 
+/// Tollgate on one Redis shard, the script loaded by a first call that
+/// `warm_up` (a descriptor with a rule) makes.
+async fn one_shard(
+    domain: &str,
+    limits: &str,
+    warm_up: (&str, &str),
+    coalesce: bool,
+) -> (
+    RedisServer,
+    TestServer,
+    LimitsDir,
+    tonic::transport::Channel,
+) {
+    let server = RedisServer::start();
+    let store = RedisStore::connect_with(
+        vec![("one".into(), SecretUrl::new(server.url()))],
+        Duration::from_millis(1000),
+        coalesce,
+    )
+    .await
+    .expect("connect");
+    let limits = LimitsDir::with_file("limits.yaml", limits);
+    let tollgate = ServerBuilder::with_store(Arc::new(store))
+        .start(&limits)
+        .await;
+    let channel = tollgate.channel().await;
+    Client::new(channel.clone())
+        .check_rate_limit(check(domain, vec![descriptor(&[warm_up])]))
+        .await
+        .expect("warm-up");
+    (server, tollgate, limits, channel)
+}
+
 /// Concurrent requests on one shard share script calls (fewer EVALSHAs than
 /// decisions) and still count exactly, hot keys repeated within a call and
 /// refunds of refused multi-counter requests included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_calls_share_commands_and_count_exactly() {
-    let server = RedisServer::start();
-    let store = RedisStore::connect_with(
-        vec![("one".into(), SecretUrl::new(server.url()))],
-        Duration::from_millis(1000),
-        true,
-    )
-    .await
-    .expect("connect");
-    let limits = LimitsDir::with_file("c.yaml", COALESCE_LIMITS);
-    let tollgate = ServerBuilder::with_store(Arc::new(store))
-        .start(&limits)
-        .await;
-    let channel = tollgate.channel().await;
-    let mut warm = Client::new(channel.clone());
-    warm.check_rate_limit(check("c", vec![descriptor(&[("warm", "up")])]))
-        .await
-        .expect("warm-up");
+    let (server, _tollgate, _limits, channel) =
+        one_shard("c", COALESCE_LIMITS, ("hot", "warm-up"), true).await;
     stay_inside_one_minute().await;
     command(server.port, &["CONFIG", "RESETSTAT"]);
 
@@ -516,23 +534,7 @@ async fn coalesced_calls_share_commands_and_count_exactly() {
 /// With coalescing off, every request makes its own call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_coalescing_each_concurrent_decision_is_one_command() {
-    let server = RedisServer::start();
-    let store = RedisStore::connect_with(
-        vec![("one".into(), SecretUrl::new(server.url()))],
-        Duration::from_millis(1000),
-        false,
-    )
-    .await
-    .expect("connect");
-    let limits = LimitsDir::with_file("r.yaml", LIMITS);
-    let tollgate = ServerBuilder::with_store(Arc::new(store))
-        .start(&limits)
-        .await;
-    let channel = tollgate.channel().await;
-    let mut warm = Client::new(channel.clone());
-    warm.check_rate_limit(check("r", vec![descriptor(&[("user", "w")])]))
-        .await
-        .expect("warm-up");
+    let (server, _tollgate, _limits, channel) = one_shard("r", LIMITS, ("user", "w"), false).await;
     command(server.port, &["CONFIG", "RESETSTAT"]);
     let tasks: Vec<_> = (0..32)
         .map(|t| {
