@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer};
-use tollgate::algorithm::Charge;
+use tollgate::algorithm::{Algorithm, Charge, Rate};
 use tollgate::config::parse_limits_file;
 use tollgate::limiter::{FailureMode, RateLimiter};
 use tollgate::limits::Limits;
 use tollgate::request::{CheckRequest, Code, Descriptor};
-use tollgate::store::{CounterStore, MemoryStore, RedisClusterStore, RedisStore, SecretUrl};
+use tollgate::store::{
+    CounterStore, CounterUpdate, MemoryStore, RedisClusterStore, RedisStore, SecretUrl,
+};
 
 const LIMITS: &str = r#"
 domain: s
@@ -290,7 +292,106 @@ async fn redis_one_shard() {
     let store = RedisStore::connect(vec![("only".into(), SecretUrl::new(server.url()))], TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    run_all(Arc::new(store)).await;
+    let store = Arc::new(store);
+    run_all(store.clone()).await;
+    counters_expire_when_their_window_ends(&store, &server).await;
+}
+
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    let reply = server.command(&["PTTL", key]);
+    reply
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("PTTL {key}: {reply:?}: {e}"))
+}
+
+/// The script sets a TTL when a window starts and keeps it (KEEPTTL) while
+/// the window lasts. Every path must leave each key expiring at its
+/// window's end: a fresh key counted twice in one call (the second write
+/// keeps the first one's TTL), a key counted again in a later call, and a
+/// key whose stored window is over (even one left without a TTL).
+async fn counters_expire_when_their_window_ends(store: &RedisStore, server: &RedisServer) {
+    const MINUTE: u64 = 60_000_000;
+    let tag = common::system_now_micros();
+    // (algorithm, rate, longest TTL, remaining after three hits)
+    let cases = [
+        (Algorithm::FixedWindow, Rate::new(10, MINUTE), MINUTE, 7),
+        (
+            Algorithm::SlidingWindow,
+            Rate::new(10, MINUTE),
+            2 * MINUTE,
+            7,
+        ),
+        (
+            Algorithm::TokenBucket,
+            Rate::new(10, MINUTE).with_burst(5),
+            MINUTE,
+            2,
+        ),
+    ];
+    for (algorithm, rate, longest, remaining) in cases {
+        let key = format!("ttl:{tag}:{}", algorithm.as_str());
+        let update = CounterUpdate {
+            key: key.clone(),
+            algorithm,
+            rate,
+            hits: 1,
+            charge: Charge::AdmittedOnly,
+            dry_run: false,
+            refund_of: None,
+        };
+        let longest_ms = i64::try_from(longest / 1000).unwrap_or(i64::MAX);
+        let first = store
+            .apply(&[update.clone(), update.clone()])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(first.iter().all(|o| o.allowed), "{algorithm:?}: {first:?}");
+        let after_first = pttl(server, &key);
+        assert!(
+            after_first > 0 && after_first <= longest_ms,
+            "{algorithm:?}: fresh key counted twice in one call has PTTL {after_first}"
+        );
+        let second = store
+            .apply(std::slice::from_ref(&update))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(second[0].remaining, remaining, "{algorithm:?}: {second:?}");
+        let after_second = pttl(server, &key);
+        assert!(
+            after_second > 0 && after_second <= longest_ms,
+            "{algorithm:?}: PTTL {after_second} after a later call"
+        );
+        if algorithm != Algorithm::TokenBucket {
+            // Same window: the expiry instant is unchanged, so the TTL only
+            // counts down.
+            assert!(
+                after_second <= after_first,
+                "{algorithm:?}: PTTL grew from {after_first} to {after_second} within one window"
+            );
+        }
+    }
+
+    // A stored window long over, on a key without a TTL: the new window
+    // sets one, and the old count is gone.
+    let key = format!("ttl:{tag}:stale");
+    server.command(&["SET", &key, "1000000:9"]);
+    assert_eq!(pttl(server, &key), -1);
+    let update = CounterUpdate {
+        key: key.clone(),
+        algorithm: Algorithm::FixedWindow,
+        rate: Rate::new(10, MINUTE),
+        hits: 1,
+        charge: Charge::AdmittedOnly,
+        dry_run: false,
+        refund_of: None,
+    };
+    let outcome = store
+        .apply(&[update])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome[0].remaining, 9, "{outcome:?}");
+    let ttl = pttl(server, &key);
+    assert!(ttl > 0 && ttl <= 60_000, "rolled window has PTTL {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,9 +63,8 @@ impl RedisClusterStore {
 
     async fn apply_one(&self, u: &CounterUpdate) -> Result<Outcome, StoreError> {
         let mut conn = self.conn.clone();
-        let mut invocation = script::COUNTERS.prepare_invoke();
-        script::push(&mut invocation, u);
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+        let invocation = script::invocation(&[u]);
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<u8>>(&mut conn))
             .await
         {
             Ok(Ok(values)) => script::outcomes(&values, 1)?

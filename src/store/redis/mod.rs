@@ -291,12 +291,9 @@ impl Shard {
             )));
         };
         let mut conn = (*conn).clone();
-        let mut invocation = script::COUNTERS.prepare_invoke();
-        for u in updates {
-            script::push(&mut invocation, u);
-        }
+        let invocation = script::invocation(updates);
         let reply =
-            tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
+            tokio::time::timeout(timeout, invocation.invoke_async::<Vec<u8>>(&mut conn)).await;
         let error = match reply {
             Ok(Ok(values)) => {
                 shard.breaker.success();

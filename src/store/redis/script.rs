@@ -11,44 +11,76 @@ use crate::store::{CounterUpdate, StoreError};
 pub(super) static COUNTERS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("counters.lua")));
 
-const VALUES_PER_OUTCOME: usize = 5;
+/// Bytes of reply per counter: 5 little-endian doubles.
+const OUTCOME_BYTES: usize = 5 * 8;
 
-/// Adds one counter's key and its 8 arguments to an invocation.
-pub(super) fn push(invocation: &mut ScriptInvocation<'_>, u: &CounterUpdate) {
-    let algorithm: u8 = match u.algorithm {
-        Algorithm::FixedWindow => 0,
-        Algorithm::SlidingWindow => 1,
-        Algorithm::TokenBucket => 2,
-    };
+/// Bytes of arguments per counter: 8 little-endian doubles.
+const ARG_BYTES: usize = 8 * 8;
+
+/// The script call for `updates`: their keys, and their arguments packed in
+/// one binary value (the script's header says why). Every value is below
+/// 2^53 (limits files and requests are checked), so the doubles are exact.
+pub(super) fn invocation<'a>(updates: &[&CounterUpdate]) -> ScriptInvocation<'a> {
+    let mut invocation = COUNTERS.prepare_invoke();
+    let mut args = Vec::with_capacity(updates.len() * ARG_BYTES);
+    for u in updates {
+        let algorithm: u8 = match u.algorithm {
+            Algorithm::FixedWindow => 0,
+            Algorithm::SlidingWindow => 1,
+            Algorithm::TokenBucket => 2,
+        };
+        invocation.key(u.key.as_str());
+        for value in [
+            u64::from(algorithm),
+            u.rate.limit,
+            u.rate.window_micros,
+            u.rate.burst,
+            u.hits,
+            u64::from(u.charge == Charge::Always),
+            u64::from(u.dry_run),
+            u.refund_of.unwrap_or(0),
+        ] {
+            // Exact below 2^53, which every value is (see above).
+            #[allow(clippy::cast_precision_loss)]
+            args.extend_from_slice(&(value as f64).to_le_bytes());
+        }
+    }
+    invocation.arg(args);
     invocation
-        .key(u.key.as_str())
-        .arg(algorithm)
-        .arg(u.rate.limit)
-        .arg(u.rate.window_micros)
-        .arg(u.rate.burst)
-        .arg(u.hits)
-        .arg(u8::from(u.charge == Charge::Always))
-        .arg(u8::from(u.dry_run))
-        .arg(u.refund_of.unwrap_or(0));
 }
 
-/// Turns the script's flat reply into one outcome per counter.
-pub(super) fn outcomes(reply: &[i64], expected: usize) -> Result<Vec<Outcome>, StoreError> {
-    if reply.len() != expected * VALUES_PER_OUTCOME {
+/// Turns the script's reply (5 doubles per counter) into outcomes.
+pub(super) fn outcomes(reply: &[u8], expected: usize) -> Result<Vec<Outcome>, StoreError> {
+    if reply.len() != expected * OUTCOME_BYTES {
         return Err(StoreError::Unavailable(format!(
-            "counters script returned {} values for {expected} counters",
+            "counters script returned {} bytes for {expected} counters",
             reply.len()
         )));
     }
-    let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
+    let values = |chunk: &[u8]| {
+        let mut v = [0f64; 5];
+        for (value, bytes) in v.iter_mut().zip(chunk.chunks_exact(8)) {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(bytes);
+            *value = f64::from_le_bytes(le);
+        }
+        v
+    };
+    // Whole numbers below 2^53, so the casts are exact; `as` saturates
+    // anything else rather than wrapping.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let whole = |v: f64| v.max(0.0) as u64;
     Ok(reply
-        .chunks_exact(VALUES_PER_OUTCOME)
-        .map(|c| Outcome {
-            allowed: c[0] == 1,
-            remaining: non_negative(c[1]),
-            reset_after_micros: non_negative(c[2]),
-            retry_after_micros: u64::try_from(c[3]).ok(),
-            decided_at_micros: non_negative(c[4]),
+        .chunks_exact(OUTCOME_BYTES)
+        .map(|chunk| {
+            let [allowed, remaining, reset, retry, decided_at] = values(chunk);
+            Outcome {
+                allowed: allowed > 0.5,
+                remaining: whole(remaining),
+                reset_after_micros: whole(reset),
+                retry_after_micros: (retry >= 0.0).then(|| whole(retry)),
+                decided_at_micros: whole(decided_at),
+            }
         })
         .collect())
 }
