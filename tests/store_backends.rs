@@ -371,10 +371,16 @@ async fn counters_expire_when_their_window_ends(store: &RedisStore, server: &Red
         }
     }
 
-    // A stored window long over, on a key without a TTL: the new window
+    // A stored window long over (state as the script stores it: window
+    // start and count as doubles), on a key without a TTL: the new window
     // sets one, and the old count is gone.
     let key = format!("ttl:{tag}:stale");
-    server.command(&["SET", &key, "1000000:9"]);
+    server.command(&[
+        "EVAL",
+        "redis.call('SET', KEYS[1], struct.pack('<dd', 1000000, 9))",
+        "1",
+        &key,
+    ]);
     assert_eq!(pttl(server, &key), -1);
     let update = CounterUpdate {
         key: key.clone(),

@@ -27,7 +27,10 @@ pub fn counter_key(
                 .map(|e| e.key.len() + e.value.len() + 8)
                 .sum::<usize>(),
     );
-    key.push_str("tg1:");
+    // The version changes whenever the stored state's format does (tg2:
+    // binary state in Redis), so processes of two versions sharing a
+    // Redis never read each other's values.
+    key.push_str("tg2:");
     push_part(&mut key, domain);
     for (i, entry) in entries.iter().enumerate() {
         push_part(&mut key, &entry.key);
