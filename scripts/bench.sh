@@ -204,14 +204,14 @@ med = {k: median_row(v) for k, v in by.items()}
 first = rows[0]
 print(f"server and load tool: --worker-threads {sys.argv[2]} each, same machine; "
       f"{first['connections']} connections x {first['in_flight']} in flight; median of {sys.argv[4]} rounds")
-print(f"{'target':10} {'api':6} {'keys':16} {'req/s':>9} {'x noop':>7} {'p50 us':>7} {'p99 us':>7} {'redis cmd/decision':>19} {'errors':>6}")
+print(f"{'target':12} {'api':6} {'keys':16} {'req/s':>9} {'x noop':>7} {'p50 us':>7} {'p99 us':>7} {'redis cmd/decision':>19} {'errors':>6}")
 for (label, api, keys), r in med.items():
     if "@half" in label or label.startswith("usage:"):
         continue
     b = med.get(("noop", api, keys))
     ratio = r["rps"] / b["rps"] if b else float("nan")
     per = f"{r['redis_calls'] / r['all_requests']:.3f}" if r["redis_calls"] else "-"
-    print(f"{label:10} {api:6} {keys:16} {r['rps']:9.0f} {ratio:7.2f} {r['p50_us']:7d} {r['p99_us']:7d} {per:>19} {r['errors']:6d}")
+    print(f"{label:12} {api:6} {keys:16} {r['rps']:9.0f} {ratio:7.2f} {r['p50_us']:7d} {r['p99_us']:7d} {per:>19} {r['errors']:6d}")
 n, m = med.get(("noop@half", "check", "Hot")), med.get(("memory@half", "check", "Hot"))
 if n and m:
     p99 = lambda label: statistics.median(r["p99_us"] for r in by[(label, "check", "Hot")])
