@@ -152,6 +152,40 @@ async fn a_refused_request_costs_its_other_limits_nothing(l: &RateLimiter, tag: 
     );
 }
 
+async fn a_refused_request_gives_back_every_algorithm(l: &RateLimiter, tag: &str) {
+    // 2/hour on `many` refuses the third request; its hits on the fixed
+    // window and the token bucket are given back.
+    let value = format!("{tag}-refund");
+    let request = |hits: u64, dry_run: bool| {
+        let mut r = CheckRequest::new(
+            "s",
+            ["bucket", "fixed", "many"]
+                .iter()
+                .map(|k| Descriptor::new([(*k, value.as_str())]))
+                .collect(),
+        );
+        r.hits = hits;
+        r.dry_run = dry_run;
+        r
+    };
+    for _ in 0..2 {
+        assert_eq!(check(l, &request(1, false)).await.overall, Code::Ok);
+    }
+    let r = check(l, &request(1, false)).await;
+    assert_eq!(r.overall, Code::OverLimit, "{tag}: {r:?}");
+    assert_eq!(r.statuses[2].code, Code::OverLimit, "{tag}: {r:?}");
+    // As if one more hit were counted: the two admitted requests are all
+    // that the other counters hold.
+    let r = check(l, &request(1, true)).await;
+    assert_eq!(r.statuses[1].remaining, 7, "{tag}: fixed 10/hour: {r:?}");
+    // Burst 5, refilling one a second: 2 at most, more if a second passed;
+    // 1 if the refused request's hit had been kept.
+    assert!(
+        r.statuses[0].remaining >= 2,
+        "{tag}: token bucket kept a refused hit: {r:?}"
+    );
+}
+
 async fn concurrent_hits_on_one_key_are_exact(l: &RateLimiter, tag: &str) {
     let tasks: Vec<_> = (0..32)
         .map(|_| {
@@ -273,6 +307,7 @@ async fn run_all(store: Arc<dyn CounterStore>) {
     no_partial_admission_and_dry_run(&l, &tag).await;
     charge_always_counts_refused_hits(&l, &tag).await;
     a_refused_request_costs_its_other_limits_nothing(&l, &tag).await;
+    a_refused_request_gives_back_every_algorithm(&l, &tag).await;
     concurrent_hits_on_one_key_are_exact(&l, &tag).await;
     token_bucket_burst_then_refill(&l, &tag).await;
     sliding_window_waits_for_the_weight_to_fade(&l, &tag).await;
