@@ -340,6 +340,18 @@ fn pttl(server: &RedisServer, key: &str) -> i64 {
         .unwrap_or_else(|e| panic!("PTTL {key}: {reply:?}: {e}"))
 }
 
+fn one_hit(key: &str, algorithm: Algorithm, rate: Rate) -> CounterUpdate {
+    CounterUpdate {
+        key: key.to_owned(),
+        algorithm,
+        rate,
+        hits: 1,
+        charge: Charge::AdmittedOnly,
+        dry_run: false,
+        refund_of: None,
+    }
+}
+
 /// The script sets a TTL when a window starts and keeps it (KEEPTTL) while
 /// the window lasts. Every path must leave each key expiring at its
 /// window's end: a fresh key counted twice in one call (the second write
@@ -366,15 +378,7 @@ async fn counters_expire_when_their_window_ends(store: &RedisStore, server: &Red
     ];
     for (algorithm, rate, longest, remaining) in cases {
         let key = format!("ttl:{tag}:{}", algorithm.as_str());
-        let update = CounterUpdate {
-            key: key.clone(),
-            algorithm,
-            rate,
-            hits: 1,
-            charge: Charge::AdmittedOnly,
-            dry_run: false,
-            refund_of: None,
-        };
+        let update = one_hit(&key, algorithm, rate);
         let longest_ms = i64::try_from(longest / 1000).unwrap_or(i64::MAX);
         let first = store
             .apply(&[update.clone(), update.clone()])
@@ -417,15 +421,7 @@ async fn counters_expire_when_their_window_ends(store: &RedisStore, server: &Red
         &key,
     ]);
     assert_eq!(pttl(server, &key), -1);
-    let update = CounterUpdate {
-        key: key.clone(),
-        algorithm: Algorithm::FixedWindow,
-        rate: Rate::new(10, MINUTE),
-        hits: 1,
-        charge: Charge::AdmittedOnly,
-        dry_run: false,
-        refund_of: None,
-    };
+    let update = one_hit(&key, Algorithm::FixedWindow, Rate::new(10, MINUTE));
     let outcome = store
         .apply(&[update])
         .await
