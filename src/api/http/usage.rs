@@ -117,6 +117,15 @@ async fn begin<P>(
     Ok((params, user, quota))
 }
 
+/// The answer (or the error's envelope), with the caller's quota headers.
+fn finish(result: Result<Response, ApiError>, quota: Option<Quota>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some(quota) = quota {
+        quota.write_headers(response.headers_mut());
+    }
+    response
+}
+
 fn parse_days(days: Option<&str>) -> Result<u32, ApiError> {
     let Some(text) = days else { return Ok(30) };
     match text.trim().parse::<u32>() {
@@ -168,11 +177,7 @@ pub async fn summary(
         ))
     }
     .await;
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    if let Some(quota) = quota {
-        quota.write_headers(response.headers_mut());
-    }
-    response
+    finish(result, quota)
 }
 
 /// `GET /v1/usage/billing?start_date=YYYY-MM-DD&end_date=YYYY-MM-DD`;
@@ -225,9 +230,5 @@ pub async fn billing(
         ))
     }
     .await;
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    if let Some(quota) = quota {
-        quota.write_headers(response.headers_mut());
-    }
-    response
+    finish(result, quota)
 }
